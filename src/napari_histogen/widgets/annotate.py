@@ -1,0 +1,534 @@
+"""The "Histogen: annotate" dock: paint typed nuclei, tissue classes and point layouts.
+
+Thin by design: it reads layers, calls one core function per action and puts the result
+back as layers. Every algorithm lives in ``napari_histogen.core``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _layers
+from ..core.errors import HistogenInputError
+from ..core.masks import (
+    NucleiMask,
+    as_label_image,
+    class_counts,
+    next_free_id,
+    nuclei_from_type_map,
+    nuclei_to_points,
+    type_map_from_nuclei,
+)
+from ..core.provenance import make_provenance
+from ..core.schemes import UNCLASSIFIED, ClassScheme, get_scheme, list_schemes, load_scheme, save_scheme
+from ._guard import guarded, notify_info
+
+NEXT_NUCLEUS_KEY = "n"
+
+
+class AnnotateWidget(QWidget):
+    """Dock widget to create and edit nuclei masks, tissue masks and point layouts."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.current_class: int | None = None
+        self._connected: set[int] = set()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+
+        # -- what to annotate ---------------------------------------------------------
+        create_box = QGroupBox("New annotation")
+        grid = QGridLayout(create_box)
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image the new mask or point layout will cover (same size and scale)")
+        self.scheme_combo = QComboBox()
+        self.scheme_combo.setToolTip("Class scheme of the new annotation")
+        load_scheme_btn = QPushButton("Load scheme…")
+        load_scheme_btn.setToolTip("Add a class scheme from a .json/.yaml file")
+        load_scheme_btn.clicked.connect(self._on_load_scheme_clicked)
+        grid.addWidget(QLabel("image"), 0, 0)
+        grid.addWidget(self.image_combo, 0, 1, 1, 2)
+        grid.addWidget(QLabel("scheme"), 1, 0)
+        grid.addWidget(self.scheme_combo, 1, 1)
+        grid.addWidget(load_scheme_btn, 1, 2)
+        self.new_nuclei_btn = QPushButton("Nuclei mask")
+        self.new_tissue_btn = QPushButton("Tissue mask")
+        self.new_points_btn = QPushButton("Point layout")
+        self.new_nuclei_btn.clicked.connect(lambda: self.new_nuclei_mask())
+        self.new_tissue_btn.clicked.connect(lambda: self.new_tissue_mask())
+        self.new_points_btn.clicked.connect(lambda: self.new_point_layout())
+        row = QHBoxLayout()
+        for btn in (self.new_nuclei_btn, self.new_tissue_btn, self.new_points_btn):
+            row.addWidget(btn)
+        grid.addLayout(row, 2, 0, 1, 3)
+        layout.addWidget(create_box)
+
+        # -- palette --------------------------------------------------------------------
+        palette_box = QGroupBox("Classes")
+        palette_layout = QVBoxLayout(palette_box)
+        self.target_combo = QComboBox()
+        self.target_combo.setToolTip("Annotation layer the palette paints into")
+        self.target_combo.currentIndexChanged.connect(self._on_target_changed)
+        palette_layout.addWidget(self.target_combo)
+        self.palette_grid = QGridLayout()
+        palette_layout.addLayout(self.palette_grid)
+        self.class_buttons: dict[int, QPushButton] = {}
+        self.next_btn = QPushButton(f"Next nucleus, same class ({NEXT_NUCLEUS_KEY.upper()})")
+        self.next_btn.clicked.connect(lambda: self.next_nucleus())
+        palette_layout.addWidget(self.next_btn)
+        reclass_row = QHBoxLayout()
+        self.reclass_combo = QComboBox()
+        self.reclass_btn = QPushButton("Set class of selected nucleus")
+        self.reclass_btn.setToolTip("Pick a nucleus (picker tool, L), choose a class, click")
+        self.reclass_btn.clicked.connect(lambda: self.reclassify_selected())
+        reclass_row.addWidget(self.reclass_combo)
+        reclass_row.addWidget(self.reclass_btn)
+        palette_layout.addLayout(reclass_row)
+        self.count_table = QTableWidget(0, 2)
+        self.count_table.setHorizontalHeaderLabels(["class", "count"])
+        self.count_table.verticalHeader().setVisible(False)
+        self.count_table.horizontalHeader().setStretchLastSection(True)
+        self.count_table.setMaximumHeight(180)
+        palette_layout.addWidget(self.count_table)
+        layout.addWidget(palette_box)
+
+        # -- conversions ----------------------------------------------------------------
+        convert_box = QGroupBox("Convert")
+        conv = QGridLayout(convert_box)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setToolTip("Seed of the procedural nucleus shapes (same seed, same mask)")
+        self.size_spin = QDoubleSpinBox()
+        self.size_spin.setRange(0.2, 5.0)
+        self.size_spin.setSingleStep(0.1)
+        self.size_spin.setValue(1.0)
+        self.size_spin.setToolTip("Scale of the class-typical nucleus areas")
+        conv.addWidget(QLabel("seed"), 0, 0)
+        conv.addWidget(self.seed_spin, 0, 1)
+        conv.addWidget(QLabel("size ×"), 0, 2)
+        conv.addWidget(self.size_spin, 0, 3)
+        buttons = [
+            ("Points → nuclei", lambda: self.points_to_nuclei(), "Grow a nucleus at each point of the selected point layout"),
+            ("Nuclei → points", lambda: self.nuclei_to_points(), "Centroid of each nucleus, with its class"),
+            ("Type map → nuclei", lambda: self.type_map_to_nuclei(), "Connected components per class of a painted type map"),
+            ("Nuclei → type map", lambda: self.nuclei_to_type_map(), "Semantic map: each pixel gets its nucleus' class"),
+        ]
+        for k, (text, slot, tip) in enumerate(buttons):
+            btn = QPushButton(text)
+            btn.setToolTip(tip)
+            btn.clicked.connect(slot)
+            conv.addWidget(btn, 1 + k // 2, 2 * (k % 2), 1, 2)
+        layout.addWidget(convert_box)
+
+        # -- export ------------------------------------------------------------------------
+        export_box = QGroupBox("Export nuclei mask")
+        exp = QHBoxLayout(export_box)
+        ome_btn = QPushButton("OME-TIFF…")
+        ome_btn.setToolTip("Image + nuclei mask with µm/px, class table and provenance")
+        ome_btn.clicked.connect(lambda: self._ask_and_export("ome"))
+        geo_btn = QPushButton("QuPath GeoJSON…")
+        geo_btn.clicked.connect(lambda: self._ask_and_export("geojson"))
+        exp.addWidget(ome_btn)
+        exp.addWidget(geo_btn)
+        layout.addWidget(export_box)
+        layout.addStretch(1)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_lists)
+        self.viewer.layers.events.removed.connect(self._refresh_layer_lists)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._refresh_schemes()
+        self._refresh_layer_lists()
+
+    # ------------------------------------------------------------------------------------
+    # layer look-ups
+    def _image_layers(self):
+        return [layer for layer in self.viewer.layers if layer.__class__.__name__ == "Image"]
+
+    def _annotation_layers(self):
+        return [layer for layer in self.viewer.layers if _layers.layer_kind(layer) in ("nuclei", "tissue", "points")]
+
+    def _layer_by_name(self, name):
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    @property
+    def target_layer(self):
+        return self._layer_by_name(self.target_combo.currentText())
+
+    def _refresh_schemes(self, select: str | None = None):
+        current = select or self.scheme_combo.currentText() or "consep"
+        self.scheme_combo.blockSignals(True)
+        self.scheme_combo.clear()
+        self.scheme_combo.addItems(list(list_schemes()))
+        self.scheme_combo.setCurrentText(current)
+        self.scheme_combo.blockSignals(False)
+
+    def _refresh_layer_lists(self, event=None):
+        for combo, layers in ((self.image_combo, self._image_layers()), (self.target_combo, self._annotation_layers())):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems([layer.name for layer in layers])
+            if current in [layer.name for layer in layers]:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+        for layer in self._annotation_layers():
+            self._connect_layer(layer)
+        self._on_target_changed()
+
+    def _on_active_layer(self, event=None):
+        layer = self.viewer.layers.selection.active
+        if layer is not None and _layers.layer_kind(layer) in ("nuclei", "tissue", "points"):
+            self.target_combo.setCurrentText(layer.name)
+
+    def _connect_layer(self, layer):
+        """Keep class tables and colours in sync with painting; add the next-nucleus key."""
+        if id(layer) in self._connected:
+            return
+        self._connected.add(id(layer))
+        kind = _layers.layer_kind(layer)
+        if kind == "nuclei":
+            layer.events.paint.connect(lambda e, lyr=layer: self._on_nuclei_painted(lyr))
+            layer.events.data.connect(lambda e, lyr=layer: self._on_nuclei_painted(lyr))
+            layer.bind_key(NEXT_NUCLEUS_KEY, lambda lyr: self.next_nucleus(lyr), overwrite=True)
+        elif kind == "points":
+            layer.events.data.connect(lambda e, lyr=layer: self._recolor_points(lyr))
+
+    # ------------------------------------------------------------------------------------
+    # palette
+    def _on_target_changed(self, *args):
+        layer = self.target_layer
+        scheme = _layers.layer_scheme(layer) if layer is not None else None
+        while self.palette_grid.count():
+            item = self.palette_grid.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+        self.class_buttons = {}
+        self.reclass_combo.clear()
+        if scheme is None:
+            self._update_counts()
+            return
+        for k, info in enumerate(scheme.classes):
+            btn = QPushButton(info.name)
+            btn.setCheckable(True)
+            text = "black" if sum(info.color) > 380 else "white"
+            btn.setStyleSheet(f"QPushButton {{background-color: {info.hex}; color: {text};}}"
+                              "QPushButton:checked {border: 3px solid white; font-weight: bold;}")
+            btn.setToolTip(f"{info.id}: {info.name}")
+            btn.clicked.connect(lambda checked=False, cid=info.id: self.select_class(cid))
+            self.palette_grid.addWidget(btn, k // 3, k % 3)
+            self.class_buttons[info.id] = btn
+            self.reclass_combo.addItem(info.name, info.id)
+        kind = _layers.layer_kind(layer)
+        self.next_btn.setEnabled(kind == "nuclei")
+        self.reclass_btn.setEnabled(kind == "nuclei")
+        self._update_counts()
+
+    @guarded
+    def select_class(self, class_id: int, layer=None):
+        """Palette click: start painting ``class_id`` in the target layer.
+
+        Nuclei layer: a new nucleus of that class (next free id). Tissue layer: paint the
+        class. Point layout: new points take the class, and selected points are reclassified.
+        """
+        layer = layer or self.target_layer
+        if layer is None:
+            raise HistogenInputError("Create or select a nuclei mask, tissue mask or point layout first.")
+        scheme = _layers.layer_scheme(layer)
+        class_id = int(class_id)
+        scheme.check_ids([class_id], what="palette selection", allow_unclassified=False)
+        self.current_class = class_id
+        for cid, btn in self.class_buttons.items():
+            btn.setChecked(cid == class_id)
+        kind = _layers.layer_kind(layer)
+        if kind == "nuclei":
+            self._start_nucleus(layer, class_id)
+        elif kind == "tissue":
+            layer.selected_label = class_id
+            layer.mode = "paint"
+        elif kind == "points":
+            layer.feature_defaults = {"class": class_id}
+            if layer.selected_data:
+                features = layer.features.copy()
+                features.loc[list(layer.selected_data), "class"] = class_id
+                layer.features = features
+            self._recolor_points(layer)
+            layer.mode = "add"
+        self.viewer.layers.selection.active = layer
+
+    def _start_nucleus(self, layer, class_id):
+        classes = _layers.classes_from_features(layer.features)
+        new_id = next_free_id(np.asarray(layer.data), classes)
+        classes[new_id] = class_id
+        scheme = _layers.layer_scheme(layer)
+        layer.features = _layers.features_from_classes(classes)
+        layer.colormap = _layers.class_color_dict(classes, scheme)
+        layer.selected_label = new_id
+        if layer.mode not in ("paint", "fill", "polygon"):
+            layer.mode = "paint"
+        return new_id
+
+    @guarded
+    def next_nucleus(self, layer=None):
+        """Shortcut N: a new nucleus of the class being painted."""
+        layer = layer or self.target_layer
+        if layer is None or _layers.layer_kind(layer) != "nuclei":
+            raise HistogenInputError("Select a nuclei mask layer first.")
+        classes = _layers.classes_from_features(layer.features)
+        class_id = self.current_class or classes.get(int(layer.selected_label)) or _layers.layer_scheme(layer).ids[0]
+        return self._start_nucleus(layer, class_id)
+
+    @guarded
+    def reclassify_selected(self, class_id: int | None = None, layer=None):
+        """Give the selected nucleus (``layer.selected_label``) another class."""
+        layer = layer or self.target_layer
+        if layer is None or _layers.layer_kind(layer) != "nuclei":
+            raise HistogenInputError("Select a nuclei mask layer first.")
+        class_id = int(class_id if class_id is not None else self.reclass_combo.currentData())
+        nucleus = int(layer.selected_label)
+        classes = _layers.classes_from_features(layer.features)
+        if nucleus not in classes:
+            raise HistogenInputError(
+                f"Nucleus {nucleus} is not in the mask; pick one with the picker tool (L) first."
+            )
+        classes[nucleus] = class_id
+        layer.features = _layers.features_from_classes(classes)
+        layer.colormap = _layers.class_color_dict(classes, _layers.layer_scheme(layer))
+        self._update_counts()
+
+    def _on_nuclei_painted(self, layer):
+        default = self.current_class if self.current_class is not None else UNCLASSIFIED
+        _layers.refresh_nuclei_layer(layer, default)
+        self._update_counts()
+
+    def _recolor_points(self, layer):
+        scheme = _layers.layer_scheme(layer)
+        if scheme is None or len(layer.data) == 0:
+            return
+        layer.face_color = _layers.point_colors(layer.features["class"].to_numpy(), scheme)
+        self._update_counts()
+
+    def class_count_rows(self, layer=None) -> list[tuple[str, int]]:
+        """(class name, count) of the target layer: nuclei, points, or tissue pixels."""
+        layer = layer or self.target_layer
+        if layer is None:
+            return []
+        scheme = _layers.layer_scheme(layer)
+        kind = _layers.layer_kind(layer)
+        if kind == "nuclei":
+            counts = class_counts(_layers.classes_from_features(layer.features), scheme)
+        elif kind == "points":
+            classes = layer.features["class"].to_numpy() if len(layer.data) else []
+            counts = class_counts(dict(enumerate(classes)), scheme)
+        else:
+            values, n = np.unique(np.asarray(layer.data), return_counts=True)
+            counts = {scheme.name_of(v) + " (px)": int(c) for v, c in zip(values, n) if v in scheme}
+        return list(counts.items())
+
+    def _update_counts(self):
+        rows = self.class_count_rows()
+        self.count_table.setRowCount(len(rows))
+        layer = self.target_layer
+        scheme = _layers.layer_scheme(layer) if layer is not None else None
+        for r, (name, count) in enumerate(rows):
+            item = QTableWidgetItem(name)
+            if scheme is not None:
+                try:
+                    rgb = scheme.color(scheme.id_of(name.replace(" (px)", "")))
+                    item.setBackground(QColor(*rgb))
+                    item.setForeground(QColor("black" if sum(rgb) > 380 else "white"))
+                except HistogenInputError:
+                    pass
+            self.count_table.setItem(r, 0, item)
+            cell = QTableWidgetItem(str(count))
+            cell.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+            self.count_table.setItem(r, 1, cell)
+
+    # ------------------------------------------------------------------------------------
+    # creating layers
+    def _reference_image(self):
+        layer = self._layer_by_name(self.image_combo.currentText())
+        if layer is None:
+            raise HistogenInputError("Open an image first (File > Open, or File > Open Sample > Histogen).")
+        shape = tuple(layer.data.shape[:2]) if getattr(layer, "rgb", False) else tuple(layer.data.shape[-2:])
+        return layer, shape, _layers.layer_mpp(layer)
+
+    def _scheme(self, kind: str) -> ClassScheme:
+        name = self.scheme_combo.currentText()
+        scheme = get_scheme(name)
+        if scheme.kind != kind:
+            fallback = "tissue" if kind == "tissue" else "consep"
+            notify_info(f"Scheme '{name}' is a {scheme.kind} scheme; using '{fallback}' for this {kind} layer.")
+            scheme = get_scheme(fallback)
+        return scheme
+
+    def _add(self, layer_data):
+        data, kwargs, kind = layer_data
+        adder = {"labels": self.viewer.add_labels, "points": self.viewer.add_points, "image": self.viewer.add_image}[kind]
+        layer = adder(data, **kwargs)
+        self._connect_layer(layer)
+        self._refresh_layer_lists()
+        self.target_combo.setCurrentText(layer.name)
+        return layer
+
+    @guarded
+    def new_nuclei_mask(self, scheme=None):
+        image, shape, mpp = self._reference_image()
+        scheme = get_scheme(scheme) if scheme is not None else self._scheme("nuclei")
+        mask = NucleiMask.create(np.zeros(shape, np.int32), {}, scheme, mpp=mpp)
+        prov = make_provenance("new nuclei mask", image=image.name, scheme=scheme.name)
+        layer = self._add(_layers.nuclei_layer_data(mask, f"{image.name} nuclei ({scheme.name})", provenance=prov))
+        self.select_class(scheme.ids[0], layer)
+        return layer
+
+    @guarded
+    def new_tissue_mask(self, scheme=None):
+        image, shape, mpp = self._reference_image()
+        scheme = get_scheme(scheme) if scheme is not None else self._scheme("tissue")
+        prov = make_provenance("new tissue mask", image=image.name, scheme=scheme.name)
+        layer = self._add(_layers.tissue_layer_data(np.zeros(shape, np.int32), scheme, f"{image.name} tissue",
+                                                    mpp=mpp, provenance=prov))
+        self.select_class(scheme.ids[0], layer)
+        return layer
+
+    @guarded
+    def new_point_layout(self, scheme=None):
+        image, shape, mpp = self._reference_image()
+        scheme = get_scheme(scheme) if scheme is not None else self._scheme("nuclei")
+        prov = make_provenance("new point layout", image=image.name, scheme=scheme.name, shape=list(shape))
+        layer = self._add(_layers.points_layer_data(np.zeros((0, 2)), [], scheme, f"{image.name} points ({scheme.name})",
+                                                    mpp=mpp, provenance=prov))
+        self.select_class(scheme.ids[0], layer)
+        return layer
+
+    @guarded
+    def _on_load_scheme_clicked(self, *args):
+        path, _ = QFileDialog.getOpenFileName(self, "Load class scheme", "", "Scheme (*.json *.yaml *.yml)")
+        if path:
+            self.load_scheme_file(path)
+
+    @guarded
+    def load_scheme_file(self, path):
+        """Add a user scheme: copied into the scheme folder so it is offered next time too."""
+        scheme = load_scheme(path)
+        save_scheme(scheme)
+        self._refresh_schemes(select=scheme.name)
+        notify_info(f"Scheme '{scheme.name}' with {len(scheme.classes)} classes added.")
+        return scheme
+
+    # ------------------------------------------------------------------------------------
+    # conversions (one core function each)
+    def _require(self, kind, layer=None):
+        layer = layer or self.target_layer
+        if layer is None or _layers.layer_kind(layer) != kind:
+            names = {"nuclei": "a nuclei mask", "points": "a point layout", "tissue": "a tissue mask"}
+            raise HistogenInputError(f"Select {names.get(kind, kind)} in the dock's layer list first.")
+        return layer
+
+    @guarded
+    def points_to_nuclei(self, layer=None, shape=None):
+        from ..core.points import grow_nuclei_from_points
+
+        layer = self._require("points", layer)
+        scheme = _layers.layer_scheme(layer)
+        mpp = _layers.layer_mpp(layer)
+        if shape is None:
+            shape = tuple(((layer.metadata or {}).get("histogen") or {}).get("provenance", {}).get("parameters", {}).get("shape") or ())
+            if not shape:
+                shape = self._reference_image()[1]
+        seed, size = int(self.seed_spin.value()), float(self.size_spin.value())
+        mask = grow_nuclei_from_points(np.asarray(layer.data), layer.features["class"].to_numpy() if len(layer.data) else [],
+                                       tuple(shape), scheme, mpp=mpp or 0.25, seed=seed, size_scale=size)
+        prov = make_provenance("points to nuclei", points_layer=layer.name, seed=seed, size_scale=size,
+                               mpp=mpp or 0.25)
+        return self._add(_layers.nuclei_layer_data(mask, f"{layer.name} → nuclei", provenance=prov))
+
+    @guarded
+    def nuclei_to_points(self, layer=None):
+        layer = self._require("nuclei", layer)
+        mask = _layers.nuclei_mask_from_layer(layer)
+        points, classes, _ = nuclei_to_points(mask.instances, mask.classes)
+        prov = make_provenance("nuclei to points", nuclei_layer=layer.name, shape=list(mask.shape))
+        return self._add(_layers.points_layer_data(points, classes, mask.scheme, f"{layer.name} → points",
+                                                   mpp=mask.mpp, provenance=prov))
+
+    @guarded
+    def type_map_to_nuclei(self, layer=None, scheme=None):
+        """Instances from a Labels layer painted with class ids (any Labels layer)."""
+        layer = layer or self.target_layer
+        if layer is None or layer.__class__.__name__ != "Labels":
+            raise HistogenInputError("Select a Labels layer painted with class ids first.")
+        scheme = get_scheme(scheme) if scheme is not None else (
+            _layers.layer_scheme(layer) if _layers.layer_kind(layer) != "tissue" and _layers.layer_scheme(layer)
+            else self._scheme("nuclei"))
+        instances, classes = nuclei_from_type_map(np.asarray(layer.data))
+        mask = NucleiMask.create(instances, classes, scheme, mpp=_layers.layer_mpp(layer), name=f"type map '{layer.name}'")
+        prov = make_provenance("type map to nuclei", layer=layer.name, connectivity=1)
+        return self._add(_layers.nuclei_layer_data(mask, f"{layer.name} → nuclei", provenance=prov))
+
+    @guarded
+    def nuclei_to_type_map(self, layer=None):
+        layer = self._require("nuclei", layer)
+        mask = _layers.nuclei_mask_from_layer(layer)
+        tmap = type_map_from_nuclei(mask.instances, mask.classes)
+        colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        colors.update({c.id: tuple(v / 255 for v in c.color) + (1.0,) for c in mask.scheme.classes})
+        kwargs = {"name": f"{layer.name} → types", "colormap": colors, "opacity": 0.6,
+                  "metadata": {"histogen": {"kind": "types", "scheme": mask.scheme.to_dict(), "mpp": mask.mpp,
+                                            "provenance": make_provenance("nuclei to type map", layer=layer.name)}},
+                  "scale": tuple(layer.scale)}
+        layer_out = self.viewer.add_labels(as_label_image(tmap), **kwargs)
+        self._refresh_layer_lists()
+        return layer_out
+
+    # ------------------------------------------------------------------------------------
+    # export
+    @guarded
+    def _ask_and_export(self, fmt):
+        suffix = {"ome": ("OME-TIFF (*.ome.tif)", ".ome.tif"), "geojson": ("GeoJSON (*.geojson)", ".geojson")}[fmt]
+        layer = self._require("nuclei")
+        path, _ = QFileDialog.getSaveFileName(self, "Export nuclei mask", f"{layer.name}{suffix[1]}", suffix[0])
+        if path:
+            self.export(path, fmt)
+
+    @guarded
+    def export(self, path, fmt: str = "ome", layer=None):
+        """Write the nuclei mask (and its image, for OME-TIFF) to ``path``."""
+        from ..core.io.geojson import write_geojson
+        from ..core.io.ome_tiff import write_ome_tiff
+
+        layer = self._require("nuclei", layer)
+        mask = _layers.nuclei_mask_from_layer(layer)
+        prov = make_provenance("export", layer=layer.name, format=fmt)
+        if fmt == "geojson":
+            out = write_geojson(path, mask, provenance=prov)
+        else:
+            image = None
+            image_layer = self._layer_by_name(self.image_combo.currentText())
+            if image_layer is not None and getattr(image_layer, "rgb", False) and image_layer.data.shape[:2] == mask.shape:
+                from ..core.images import to_rgb_uint8
+
+                image = to_rgb_uint8(np.asarray(image_layer.data), name=f"image '{image_layer.name}'")
+            out = write_ome_tiff(path, image, mask, provenance=prov)
+        notify_info(f"Saved {mask.n_nuclei} nuclei to {Path(out).name}.")
+        return out
