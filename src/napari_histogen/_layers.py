@@ -113,7 +113,7 @@ def points_layer_data(points, point_classes, scheme: ClassScheme, name: str, *, 
     point_classes = np.asarray(point_classes, dtype=np.int64).reshape(-1)
     default_class = scheme.ids[0]
     # about one nucleus diameter at 20x-40x, in data pixels
-    size = size if size is not None else (8.0 if mpp is None else max(3.0, 4.0 / float(mpp)))
+    size = size if size is not None else (8.0 if mpp is None else max(3.0, 2.5 / float(mpp)))
     kwargs = {
         "name": name,
         "features": pd.DataFrame({"class": point_classes}),

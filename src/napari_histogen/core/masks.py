@@ -75,7 +75,7 @@ def as_label_image(labels, *, name: str = "mask") -> np.ndarray:
     if arr.min() < 0:
         raise HistogenInputError(f"The {name} has negative labels (min {arr.min()}); 0 is background, ids are >= 1.")
     if arr.max() > np.iinfo(np.int32).max:
-        raise HistogenInputError(f"The {name} has labels above {np.iinfo(np.int32).max}; relabel it first.")
+        raise HistogenInputError(f"The {name} has labels above the int32 limit ({np.iinfo(np.int32).max}); relabel it first.")
     return arr.astype(np.int32)  # astype copies, so callers never share memory with the input
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QComboBox,
@@ -53,6 +53,7 @@ class AnnotateWidget(QWidget):
         self.viewer = napari_viewer
         self.current_class: int | None = None
         self._connected: set[int] = set()
+        self._pending_refresh: set = set()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -222,6 +223,8 @@ class AnnotateWidget(QWidget):
         while self.palette_grid.count():
             item = self.palette_grid.takeAt(0)
             if item.widget():
+                # unparent first: a widget only marked for deletion stays painted on the box
+                item.widget().setParent(None)
                 item.widget().deleteLater()
         self.class_buttons = {}
         self.reclass_combo.clear()
@@ -317,8 +320,18 @@ class AnnotateWidget(QWidget):
         self._update_counts()
 
     def _on_nuclei_painted(self, layer):
+        # napari emits `paint` before it writes the pixels when a single paint call is
+        # not part of a mouse stroke, so the table is synced once the event loop is back.
+        if not self._pending_refresh:
+            QTimer.singleShot(0, self._flush_refresh)
+        self._pending_refresh.add(layer)
+
+    def _flush_refresh(self):
         default = self.current_class if self.current_class is not None else UNCLASSIFIED
-        _layers.refresh_nuclei_layer(layer, default)
+        layers, self._pending_refresh = self._pending_refresh, set()
+        for layer in layers:
+            if layer in self.viewer.layers:
+                _layers.refresh_nuclei_layer(layer, default)
         self._update_counts()
 
     def _recolor_points(self, layer):
@@ -342,7 +355,8 @@ class AnnotateWidget(QWidget):
             counts = class_counts(dict(enumerate(classes)), scheme)
         else:
             values, n = np.unique(np.asarray(layer.data), return_counts=True)
-            counts = {scheme.name_of(v) + " (px)": int(c) for v, c in zip(values, n) if v in scheme}
+            pixels = dict(zip(values.tolist(), n.tolist()))
+            counts = {f"{c.name} (px)": int(pixels.get(c.id, 0)) for c in scheme.classes}
         return list(counts.items())
 
     def _update_counts(self):
@@ -361,7 +375,7 @@ class AnnotateWidget(QWidget):
                     pass
             self.count_table.setItem(r, 0, item)
             cell = QTableWidgetItem(str(count))
-            cell.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+            cell.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
             self.count_table.setItem(r, 1, cell)
 
     # ------------------------------------------------------------------------------------

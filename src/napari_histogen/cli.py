@@ -1,0 +1,197 @@
+"""The ``histogen`` command: the plugin's core, headless.
+
+Every verb calls one core function; bad input ends with a one-line message on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .core.errors import HistogenInputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
+# -- verbs -------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    """Main job: the samples with their masks, in napari or as files."""
+    gui = args.gui if args.gui is not None else _has_display()
+    if gui:
+        return _demo_gui()
+    from .core.io.bundle import write_annotated_bundle
+    from .core.provenance import make_provenance
+    from .core.sample import ihc_sample, nucls_sample
+
+    out = Path(args.out)
+    for item in (ihc_sample(), nucls_sample()):
+        files = write_annotated_bundle(item, out, provenance=make_provenance("histogen demo"))
+        counts = item.nuclei.counts() if item.nuclei is not None else {}
+        print(f"{item.name}: {item.nuclei.n_nuclei if item.nuclei else 0} nuclei {counts}")
+        for role, path in files.items():
+            print(f"  {role:10s} {path}")
+    print(f"Wrote the samples to {out}/ (open *_overlay.png to see the annotations).")
+    return 0
+
+
+def _demo_gui() -> int:
+    import napari
+
+    viewer = napari.Viewer(title="napari-histogen demo")
+    viewer.open_sample("napari-histogen", "ihc")
+    viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: annotate")
+    napari.run()
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """Read any supported annotation file and write the full export bundle."""
+    from .core.io.bundle import write_annotated_bundle
+    from .core.io.dispatch import read_annotated
+    from .core.provenance import make_provenance
+
+    item = read_annotated(args.input, index=args.index, scheme=args.scheme)
+    files = write_annotated_bundle(item, args.out, provenance=make_provenance("histogen convert", input=Path(args.input).name))
+    n = item.nuclei.n_nuclei if item.nuclei is not None else 0
+    print(f"{item.name}: {n} nuclei" + (f" ({item.nuclei.scheme.name}: {item.nuclei.counts()})" if n else ""))
+    for role, path in files.items():
+        print(f"  {role:10s} {path}")
+    return 0
+
+
+def cmd_grow(args) -> int:
+    """Points CSV -> procedural nuclei mask, written as a bundle."""
+    import numpy as np
+
+    from .core.io.annotated import AnnotatedImage
+    from .core.io.bundle import write_annotated_bundle
+    from .core.io.pairs import read_points_csv, read_rgb_image
+    from .core.points import grow_nuclei_from_points
+    from .core.schemes import get_scheme
+
+    scheme = get_scheme(args.scheme)
+    points, classes = read_points_csv(args.points, scheme=scheme)
+    image = read_rgb_image(args.image) if args.image else None
+    if image is not None:
+        shape = image.shape[:2]
+    elif args.shape:
+        shape = tuple(args.shape)
+    else:
+        raise HistogenInputError("Give --image IMG or --shape H W so the mask has a size.")
+    mask = grow_nuclei_from_points(points, classes, shape, scheme, mpp=args.mpp, seed=args.seed,
+                                   size_scale=args.size_scale, gap=args.gap, outside=args.outside)
+    item = AnnotatedImage(name=Path(args.points).stem, image=image, nuclei=mask, points=np.asarray(points),
+                          point_classes=np.asarray(classes), point_scheme=scheme, mpp=args.mpp,
+                          provenance=mask.metadata.get("provenance", {}))
+    files = write_annotated_bundle(item, args.out)
+    print(f"{mask.n_nuclei} nuclei grown from {len(points)} points (seed {args.seed}).")
+    for role, path in files.items():
+        print(f"  {role:10s} {path}")
+    return 0
+
+
+def cmd_schemes(args) -> int:
+    """List the class schemes, show one, or save one as a file to edit."""
+    from .core.schemes import get_scheme, list_schemes, load_scheme, save_scheme, scheme_dir
+
+    if args.add:
+        scheme = load_scheme(args.add)
+        path = save_scheme(scheme)
+        print(f"Added scheme '{scheme.name}' ({len(scheme.classes)} classes) as {path}")
+        return 0
+    if args.name:
+        scheme = get_scheme(args.name)
+        if args.save:
+            print(f"Saved {save_scheme(scheme, args.save)}")
+        else:
+            print(json.dumps(scheme.to_dict(), indent=2))
+        return 0
+    for name, scheme in list_schemes().items():
+        classes = ", ".join(f"{c.id}={c.name}" for c in scheme.classes)
+        print(f"{name:10s} {scheme.kind:7s} {classes}")
+    print(f"(user schemes folder: {scheme_dir()})")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="histogen",
+        description="napari-histogen, headless: annotated histology samples, format conversion, point layouts.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-histogen {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    demo = sub.add_parser("demo", help="main job: the sample data with its masks (napari if a display, else files)",
+                          description="Open napari with the IHC sample and the annotate dock when a display is "
+                                      "present; headless, write both samples (image, masks as OME-TIFF and "
+                                      "GeoJSON, an annotated overlay PNG, provenance) to --out.")
+    demo.add_argument("--out", default="histogen-demo", help="output folder when headless (default: histogen-demo)")
+    mode = demo.add_mutually_exclusive_group()
+    mode.add_argument("--gui", dest="gui", action="store_true", default=None, help="open napari even if no display is detected")
+    mode.add_argument("--headless", dest="gui", action="store_false", help="write files even if a display is present")
+    demo.set_defaults(func=cmd_demo)
+
+    convert = sub.add_parser("convert", help="read any supported annotation file and write OME-TIFF, GeoJSON, overlay",
+                             description="Read a Lizard/CoNSeP .mat, PanNuke/CoNIC .npy (FILE.npy::N or --index), "
+                                         "an image with its .npz/.tif mask, an OME-TIFF or a GeoJSON, and write "
+                                         "image PNG, overlay PNG, OME-TIFF, GeoJSON, points CSV and provenance JSON.")
+    convert.add_argument("input", help="annotation file (or an image whose mask lies next to it)")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--index", type=int, default=None, help="patch index in a dataset array (PanNuke, CoNIC)")
+    convert.add_argument("--scheme", default=None, help="class scheme for files that do not record one")
+    convert.set_defaults(func=cmd_convert)
+
+    grow = sub.add_parser("grow", help="grow a nuclei mask from a CSV of typed centroid points",
+                          description="Procedural nuclei at each point: class-typical ellipses, touching nuclei kept "
+                                      "apart, seeded. CSV rows: x,y,class (NuCLS style, class from 0) or with a "
+                                      "header row,col,class_id.")
+    grow.add_argument("points", help="points CSV")
+    grow.add_argument("--scheme", default="nucls", help="class scheme of the points (default nucls)")
+    grow.add_argument("--image", default=None, help="image the mask should cover (gives the size)")
+    grow.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="mask size without an image")
+    grow.add_argument("--mpp", type=float, default=0.25, help="microns per pixel (default 0.25, 40x)")
+    grow.add_argument("--seed", type=int, default=0)
+    grow.add_argument("--size-scale", type=float, default=1.0, help="scale of the class-typical areas")
+    grow.add_argument("--gap", type=int, default=1, help="background pixels kept between nuclei")
+    grow.add_argument("--outside", choices=("error", "drop"), default="error", help="points outside the image")
+    grow.add_argument("--out", required=True, help="output folder")
+    grow.set_defaults(func=cmd_grow)
+
+    schemes = sub.add_parser("schemes", help="list, show, save or add class schemes",
+                             description="Without arguments, list the schemes. With NAME, print it as JSON "
+                                         "(or --save it to a file to edit). --add FILE installs a user scheme.")
+    schemes.add_argument("name", nargs="?", help="scheme to show")
+    schemes.add_argument("--save", help="write the scheme NAME to this .json/.yaml file")
+    schemes.add_argument("--add", help="install a scheme file into the user scheme folder")
+    schemes.set_defaults(func=cmd_schemes)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except HistogenInputError as err:
+        print(f"histogen: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("histogen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

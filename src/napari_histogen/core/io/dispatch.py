@@ -1,0 +1,124 @@
+"""One entry point that opens any annotation file the product reads, by its format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CorruptFileError, HistogenInputError
+from .annotated import AnnotatedImage
+
+__all__ = ["read_annotated", "split_index", "READABLE_SUFFIXES", "can_read"]
+
+READABLE_SUFFIXES = (".mat", ".npy", ".npz", ".geojson", ".ome.tif", ".ome.tiff")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def split_index(path) -> tuple[Path, int | None]:
+    """``'masks.npy::12'`` -> ``(Path('masks.npy'), 12)``; paths without ``::N`` -> index None."""
+    text = str(path)
+    if "::" in text:
+        base, _, idx = text.rpartition("::")
+        try:
+            return Path(base), int(idx)
+        except ValueError:
+            raise HistogenInputError(f"'{idx}' after '::' in {text} is not a patch index (write e.g. masks.npy::12).") from None
+    return Path(text), None
+
+
+def can_read(path) -> bool:
+    base, _ = split_index(path)
+    name = base.name.lower()
+    return any(name.endswith(s) for s in READABLE_SUFFIXES)
+
+
+def _mat_keys(path: Path) -> set[str]:
+    from scipy.io import whosmat
+
+    try:
+        return {name for name, _, _ in whosmat(str(path))}
+    except NotImplementedError:
+        raise CorruptFileError(
+            f"{path.name} is a MATLAB v7.3 (HDF5) file; save it as v7 or earlier (Lizard and CoNSeP ship v5 files)."
+        ) from None
+    except Exception as err:  # scipy raises many types for a damaged file
+        raise CorruptFileError(f"{path.name} is not a readable MATLAB file ({err}).") from None
+
+
+def _image_for_mask(mask_path: Path) -> Path | None:
+    stem = mask_path.name[: -len(".npz")]
+    for folder in (mask_path.parent, mask_path.parent.parent / "images", mask_path.parent.parent / "Images"):
+        for suffix in _IMAGE_SUFFIXES:
+            candidate = folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_annotated(path, *, index: int | None = None, scheme=None) -> AnnotatedImage:
+    """Open an annotated image in any supported format.
+
+    Parameters
+    ----------
+    path : str or Path
+        - ``.mat``: Lizard labels (``inst_map``, ``class``) or CoNSeP labels
+          (``inst_map``/``inst_type``, or the 256-px patch layout);
+        - ``.npy``: a PanNuke or CoNIC array (images, masks or labels; the sibling is
+          found); ``file.npy::N`` chooses patch N;
+        - ``.npz``: an instance/type map whose image lies next to it or in ``../images``;
+        - ``.ome.tif``: an OME-TIFF written by napari-histogen (or any OME-TIFF image);
+        - ``.geojson``: QuPath GeoJSON nuclei;
+        - an image (PNG/JPEG/TIFF): its mask is found by convention (see
+          :func:`~napari_histogen.core.io.pairs.read_image_mask_pair`).
+    index : int, optional
+        Patch index for dataset arrays (overrides ``::N``).
+    scheme : str or ClassScheme, optional
+        Class scheme for formats that do not record one (image + mask pairs, GeoJSON).
+    """
+    base, suffix_index = split_index(path)
+    index = index if index is not None else suffix_index
+    if not base.exists():
+        raise HistogenInputError(f"No file or folder at {base}.")
+    name = base.name.lower()
+    if name.endswith((".ome.tif", ".ome.tiff")):
+        from .ome_tiff import read_ome_tiff
+
+        return read_ome_tiff(base)
+    if name.endswith(".geojson") or name.endswith(".json"):
+        from .geojson import read_geojson
+
+        return read_geojson(base, scheme=scheme)
+    if name.endswith(".mat"):
+        keys = _mat_keys(base)
+        if "class" in keys and "inst_map" in keys:
+            from .lizard import read_lizard_mat
+
+            return read_lizard_mat(base)
+        if "inst_type" in keys:
+            from .consep import read_consep_mat
+
+            return read_consep_mat(base)
+        raise CorruptFileError(
+            f"{base.name} has keys {sorted(keys)}; expected a Lizard label file (inst_map, class) "
+            "or a CoNSeP label file (inst_map, inst_type)."
+        )
+    if name.endswith(".npy") or base.is_dir():
+        from .npy_datasets import read_npy_dataset
+
+        return read_npy_dataset(base, index=index or 0)
+    if name.endswith(".npz"):
+        from .pairs import read_image_mask_pair
+
+        image = _image_for_mask(base)
+        if image is None:
+            raise HistogenInputError(
+                f"No image found for {base.name}: put <stem>.png (or .jpg/.tif) next to it or in ../images, "
+                "or open the image itself."
+            )
+        return read_image_mask_pair(image, base, scheme=scheme)
+    if name.endswith(_IMAGE_SUFFIXES):
+        from .pairs import read_image_mask_pair
+
+        return read_image_mask_pair(base, scheme=scheme)
+    raise HistogenInputError(
+        f"{base.name}: unknown format. napari-histogen reads {', '.join(READABLE_SUFFIXES)} and image + mask pairs."
+    )
