@@ -193,3 +193,17 @@ def test_user_scheme_appears_in_the_dock(dock, tmp_path, errors):
     assert list(widget.class_buttons) == [1, 2]
     assert _layers.layer_scheme(layer).name == "mine"
     assert errors == []
+
+
+def test_open_dataset_patch_by_index(dock, tmp_path, errors):
+    viewer, widget = dock
+    masks = np.zeros((3, 16, 16, 6))
+    masks[1, 2:6, 2:6, 1] = 1
+    masks[1, 9:12, 9:12, 4] = 2
+    np.save(tmp_path / "images.npy", np.full((3, 16, 16, 3), 128.0))
+    np.save(tmp_path / "masks.npy", masks)
+    layers = widget.open_annotated(tmp_path / "masks.npy", 1)
+    assert [layer.name for layer in layers] == ["pannuke[1]", "pannuke[1] nuclei"]
+    assert sorted(_layers.classes_from_features(layers[1].features).values()) == [2, 5]
+    assert widget.open_annotated(tmp_path / "masks.npy", 7) is None
+    assert "0..2" in errors[-1]

@@ -58,6 +58,20 @@ class AnnotateWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
 
+        # -- open annotated data ------------------------------------------------------
+        open_box = QGroupBox("Open annotated data")
+        open_row = QHBoxLayout(open_box)
+        self.index_spin = QSpinBox()
+        self.index_spin.setRange(0, 10**7)
+        self.index_spin.setToolTip("Patch index in a PanNuke/CoNIC .npy file")
+        open_btn = QPushButton("Open file…")
+        open_btn.setToolTip("Lizard/CoNSeP .mat, PanNuke/CoNIC .npy (patch = index), image + mask, OME-TIFF, GeoJSON")
+        open_btn.clicked.connect(self._on_open_clicked)
+        open_row.addWidget(QLabel("patch index"))
+        open_row.addWidget(self.index_spin)
+        open_row.addWidget(open_btn)
+        layout.addWidget(open_box)
+
         # -- what to annotate ---------------------------------------------------------
         create_box = QGroupBox("New annotation")
         grid = QGridLayout(create_box)
@@ -449,6 +463,27 @@ class AnnotateWidget(QWidget):
         self._refresh_schemes(select=scheme.name)
         notify_info(f"Scheme '{scheme.name}' with {len(scheme.classes)} classes added.")
         return scheme
+
+    # ------------------------------------------------------------------------------------
+    # opening files
+    @guarded
+    def _on_open_clicked(self, *args):
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open annotated data", "",
+            "Annotations (*.mat *.npy *.npz *.ome.tif *.ome.tiff *.geojson *.png *.jpg *.tif *.tiff)")
+        if path:
+            self.open_annotated(path, int(self.index_spin.value()))
+
+    @guarded
+    def open_annotated(self, path, index: int | None = None, scheme=None):
+        """Open any readable annotation file (``index``: patch of a dataset array) as layers."""
+        from ..core.io.dispatch import read_annotated
+
+        item = read_annotated(path, index=index, scheme=scheme)
+        layers = [self._add(layer_data) for layer_data in _layers.annotated_to_layer_data(item)]
+        notify_info(f"Opened {item.name}: " + (f"{item.nuclei.n_nuclei} nuclei ({item.nuclei.scheme.name})"
+                                               if item.nuclei is not None else "no nuclei mask"))
+        return layers
 
     # ------------------------------------------------------------------------------------
     # conversions (one core function each)
