@@ -242,3 +242,13 @@ def test_real_nucls_pair_with_points():
     assert item.points is not None and len(item.points) == 54
     assert item.nuclei.scheme.name == "nucls" and item.nuclei.n_nuclei == 46
     assert sum(1 for c in item.nuclei.classes.values() if c) >= 40
+
+
+def test_can_read_claims_only_dataset_arrays(tmp_path):
+    from napari_histogen.core.io.dispatch import can_read
+
+    np.save(tmp_path / "stack.npy", np.zeros((2, 2)))
+    assert not can_read(tmp_path / "stack.npy")
+    np.save(tmp_path / "images.npy", np.zeros((1, 2, 2, 3)))
+    assert can_read(tmp_path / "stack.npy") and can_read(tmp_path / "images.npy")
+    assert can_read(tmp_path / "x.mat") and can_read(tmp_path / "x.ome.tif") and not can_read(tmp_path / "x.png")

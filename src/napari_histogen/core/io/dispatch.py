@@ -26,8 +26,15 @@ def split_index(path) -> tuple[Path, int | None]:
 
 
 def can_read(path) -> bool:
+    """Whether ``path`` looks like a format of :func:`read_annotated`.
+
+    A ``.npy`` counts only inside a PanNuke/CoNIC folder (with ``images.npy``), so
+    napari's own reader keeps every other array.
+    """
     base, _ = split_index(path)
     name = base.name.lower()
+    if name.endswith(".npy"):
+        return (base.parent / "images.npy").is_file()
     return any(name.endswith(s) for s in READABLE_SUFFIXES)
 
 
