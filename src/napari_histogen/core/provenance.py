@@ -8,7 +8,7 @@ import platform
 
 import numpy as np
 
-__all__ = ["array_sha256", "make_provenance"]
+__all__ = ["array_sha256", "make_provenance", "json_default"]
 
 
 def array_sha256(array) -> str:
@@ -32,3 +32,14 @@ def make_provenance(operation: str, **params) -> dict:
         "python": platform.python_version(),
         "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def json_default(value):
+    """JSON stand-ins for the non-JSON values provenance dicts commonly hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)

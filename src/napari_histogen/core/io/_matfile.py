@@ -7,13 +7,16 @@ from pathlib import Path
 from ..errors import CorruptFileError, HistogenInputError
 
 
-def load_mat(path: Path) -> dict:
-    """``scipy.io.loadmat`` of ``path``, refusing missing, v7.3 and damaged files clearly."""
-    from scipy.io import loadmat
+def load_mat(path: Path, *, keys_only: bool = False):
+    """``scipy.io.loadmat`` of ``path`` (or, with ``keys_only``, the set of its variable
+    names), refusing missing, v7.3 and damaged files clearly."""
+    from scipy.io import loadmat, whosmat
 
     if not path.is_file():
         raise HistogenInputError(f"No file at {path}.")
     try:
+        if keys_only:
+            return {name for name, _, _ in whosmat(str(path))}
         return loadmat(str(path))
     except NotImplementedError:
         raise CorruptFileError(

@@ -38,19 +38,6 @@ def can_read(path) -> bool:
     return any(name.endswith(s) for s in READABLE_SUFFIXES)
 
 
-def _mat_keys(path: Path) -> set[str]:
-    from scipy.io import whosmat
-
-    try:
-        return {name for name, _, _ in whosmat(str(path))}
-    except NotImplementedError:
-        raise CorruptFileError(
-            f"{path.name} is a MATLAB v7.3 (HDF5) file; save it as v7 or earlier (Lizard and CoNSeP ship v5 files)."
-        ) from None
-    except Exception as err:  # scipy raises many types for a damaged file
-        raise CorruptFileError(f"{path.name} is not a readable MATLAB file ({err}).") from None
-
-
 def _image_for_mask(mask_path: Path) -> Path | None:
     stem = mask_path.name[: -len(".npz")]
     for folder in (mask_path.parent, mask_path.parent.parent / "images", mask_path.parent.parent / "Images"):
@@ -95,7 +82,9 @@ def read_annotated(path, *, index: int | None = None, scheme=None) -> AnnotatedI
 
         return read_geojson(base, scheme=scheme)
     if name.endswith(".mat"):
-        keys = _mat_keys(base)
+        from ._matfile import load_mat
+
+        keys = load_mat(base, keys_only=True)
         if "class" in keys and "inst_map" in keys:
             from .lizard import read_lizard_mat
 

@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..provenance import json_default as _json_default
 from ..errors import CorruptFileError, HistogenInputError, UnknownClassError
 from ..masks import NucleiMask, instance_ids
 from ..schemes import UNCLASSIFIED, ClassScheme, get_scheme, list_schemes
@@ -130,17 +131,6 @@ def write_geojson(path, nuclei: NucleiMask, *, provenance: dict | None = None) -
     except OSError as err:
         raise HistogenInputError(f"Cannot write {path}: {err.strerror or err}. Check the folder and free space.") from None
     return path
-
-
-def _json_default(value):
-    """JSON stand-ins for the non-JSON values provenance dicts commonly hold."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
 
 
 def _outlines(instances: np.ndarray):

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..provenance import json_default as _json_default
 from ..errors import CorruptFileError, HistogenInputError
 from ..images import to_rgb_uint8
 from ..masks import NucleiMask, as_label_image, check_same_shape, classes_from_type_map
@@ -256,17 +257,6 @@ def _compression() -> str | None:
         except Exception:  # a missing codec shows as ImportError, ValueError or KeyError
             _COMPRESSION.append(None)
     return _COMPRESSION[0]
-
-
-def _json_default(value):
-    """JSON stand-ins for the non-JSON values provenance dicts commonly hold."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
 
 
 # ---------------------------------------------------------------------------------------
