@@ -94,3 +94,19 @@ def test_schemes_verb(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     main(["schemes"])
     assert "mycon" in capsys.readouterr().out
+
+
+@pytest.mark.gui
+def test_demo_with_display_opens_napari_with_sample_and_dock(monkeypatch, qtbot):
+    pytest.importorskip("qtpy", reason="needs a Qt binding")
+    import napari
+
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)  # do not block in the event loop
+    assert main(["demo", "--gui"]) == 0
+    viewer = napari.current_viewer()
+    try:
+        kinds = {layer.metadata.get("histogen", {}).get("kind") for layer in viewer.layers}
+        assert kinds == {"image", "tissue", "nuclei"}
+        assert "Histogen: annotate" in " ".join(viewer.window._dock_widgets)
+    finally:
+        viewer.close()
