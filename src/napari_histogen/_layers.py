@@ -20,6 +20,7 @@ from .core.schemes import UNCLASSIFIED, ClassScheme, get_scheme
 __all__ = [
     "annotated_to_layer_data",
     "class_color_dict",
+    "semantic_color_dict",
     "features_from_classes",
     "classes_from_features",
     "nuclei_layer_data",
@@ -51,6 +52,13 @@ def class_color_dict(classes: dict, scheme: ClassScheme) -> dict:
     colors = {None: _rgba(scheme.color(UNCLASSIFIED)), 0: TRANSPARENT}
     for inst_id, cls in classes.items():
         colors[int(inst_id)] = _rgba(scheme.color(cls))
+    return colors
+
+
+def semantic_color_dict(scheme: ClassScheme) -> dict:
+    """Label value -> RGBA for semantic maps (tissue, type maps): class colours, 0 transparent."""
+    colors = {None: TRANSPARENT, 0: TRANSPARENT}
+    colors.update({c.id: _rgba(c.color) for c in scheme.classes})
     return colors
 
 
@@ -91,11 +99,9 @@ def nuclei_layer_data(nuclei: NucleiMask, name: str, *, provenance=None):
 
 
 def tissue_layer_data(tissue: np.ndarray, scheme: ClassScheme, name: str, *, mpp=None, provenance=None):
-    colors = {None: TRANSPARENT, 0: TRANSPARENT}
-    colors.update({c.id: _rgba(c.color) for c in scheme.classes})
     kwargs = {
         "name": name,
-        "colormap": colors,
+        "colormap": semantic_color_dict(scheme),
         "opacity": 0.35,
         "metadata": _meta("tissue", scheme, provenance, mpp),
         **_scale_kwargs(mpp),

@@ -540,9 +540,7 @@ class AnnotateWidget(QWidget):
         layer = self._require("nuclei", layer)
         mask = _layers.nuclei_mask_from_layer(layer)
         tmap = type_map_from_nuclei(mask.instances, mask.classes)
-        colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
-        colors.update({c.id: tuple(v / 255 for v in c.color) + (1.0,) for c in mask.scheme.classes})
-        kwargs = {"name": f"{layer.name} → types", "colormap": colors, "opacity": 0.6,
+        kwargs = {"name": f"{layer.name} → types", "colormap": _layers.semantic_color_dict(mask.scheme), "opacity": 0.6,
                   "metadata": {"histogen": {"kind": "types", "scheme": mask.scheme.to_dict(), "mpp": mask.mpp,
                                             "provenance": make_provenance("nuclei to type map", layer=layer.name)}},
                   "scale": tuple(layer.scale)}
