@@ -219,6 +219,103 @@ def test_points_csv_formats(tmp_path):
         read_points_csv(nucls)
 
 
+def test_lizard_image_beside_labels_explicit_image_and_wrong_keys(tmp_path, rng):
+    inst, ids = _instances(rng)
+    sio.savemat(tmp_path / "glas_2.mat", {"inst_map": inst, "id": np.array(ids)[:, None],
+                                          "class": np.array([[2], [2], [3], [4], [0]])})
+    img = _image(rng, inst.shape)
+    imsave(tmp_path / "glas_2.png", img, check_contrast=False)
+    item = read_lizard_mat(tmp_path / "glas_2.mat")
+    np.testing.assert_array_equal(item.image, img)
+    assert item.nuclei.classes[ids[4]] == 0 and item.provenance["source"] == "glas_2.mat"
+    imsave(tmp_path / "small.png", _image(rng, (8, 8)), check_contrast=False)
+    with pytest.raises(HistogenInputError, match="must match"):
+        read_lizard_mat(tmp_path / "glas_2.mat", image_path=tmp_path / "small.png")
+    sio.savemat(tmp_path / "consep.mat", {"inst_map": inst, "inst_type": np.ones((5, 1))})
+    with pytest.raises(CorruptFileError, match=r"'id'"):
+        read_lizard_mat(tmp_path / "consep.mat")
+
+
+def test_consep_seven_types_seen_in_type_map_only(tmp_path, rng):
+    inst, ids = _instances(rng)
+    types = np.array([[1], [2], [4], [4], [3]])
+    four = {"inst_map": inst.astype(float), "type_map": np.minimum(inst, 4), "inst_type": types}
+    sio.savemat(tmp_path / "four.mat", four)
+    item = read_consep_mat(tmp_path / "four.mat")
+    assert item.nuclei.classes == dict(zip(ids, [1, 2, 4, 4, 3])) and item.provenance["merged_7_to_4"] is False
+    assert item.image is None and "mask only" in item.provenance["notes"][0]
+    seven = dict(four, type_map=np.where(inst > 0, 6, 0))  # a 5..7 type only in the type map
+    sio.savemat(tmp_path / "seven.mat", seven)
+    item = read_consep_mat(tmp_path / "seven.mat")
+    assert item.nuclei.classes == dict(zip(ids, [1, 2, 3, 3, 3])) and item.provenance["merged_7_to_4"] is True
+    sio.savemat(tmp_path / "eight.mat", dict(four, inst_type=types + 5))
+    with pytest.raises(HistogenInputError, match="0..7"):
+        read_consep_mat(tmp_path / "eight.mat")
+
+
+def test_pannuke_negative_index_dark_patch_and_mismatched_files(tmp_path, rng):
+    images, _ = _pannuke_fold(tmp_path / "fold2", rng)
+    images[1] = 1.0  # an almost black patch: 0..255 float, not 0..1
+    np.save(tmp_path / "fold2" / "images.npy", images)
+    item = read_npy_dataset(str(tmp_path / "fold2" / "images.npy") + "::-2")
+    assert item.name == "pannuke[1]" and item.provenance["index"] == 1
+    assert item.image.max() == 1
+    np.save(tmp_path / "fold2" / "images.npy", images[:2])
+    with pytest.raises(CorruptFileError, match="same fold"):
+        read_pannuke(tmp_path / "fold2/images.npy", tmp_path / "fold2/masks.npy", 0)
+    np.save(tmp_path / "fold2" / "masks.npy", np.zeros((3, 16, 16, 2)))
+    with pytest.raises(CorruptFileError, match="6 channels"):
+        read_pannuke(tmp_path / "fold2/images.npy", tmp_path / "fold2/masks.npy", 0)
+
+
+def test_pair_npz_with_stored_scheme_classes_mpp_and_tif_layouts(tmp_path, rng):
+    inst, ids = _instances(rng)
+    img = _image(rng, inst.shape)
+    imsave(tmp_path / "own.png", img, check_contrast=False)
+    table = np.array([[i, c] for i, c in zip(ids, [6, 5, 4, 3, 2])])
+    np.savez(tmp_path / "own.npz", instances=inst, types=np.ones_like(inst), classes=table,
+             scheme=np.array("lizard"), mpp=np.array(0.5))
+    item = read_image_mask_pair(tmp_path / "own.png")
+    assert item.nuclei.scheme.name == "lizard" and item.mpp == 0.5
+    assert item.nuclei.classes == dict(zip(ids, [6, 5, 4, 3, 2]))  # the class table beats the type map
+    with pytest.raises(UnknownClassError):
+        read_image_mask_pair(tmp_path / "own.png", scheme="consep")  # 5 and 6 are not CoNSeP classes
+    types = np.where(inst > 0, 2, 0)
+    tifffile.imwrite(tmp_path / "hwc_mask.tif", np.stack([inst, types], axis=-1))
+    imsave(tmp_path / "hwc.png", img, check_contrast=False)
+    assert set(read_image_mask_pair(tmp_path / "hwc.png", scheme="pannuke").nuclei.classes.values()) == {2}
+    tifffile.imwrite(tmp_path / "flat_mask.tif", inst.astype(np.uint16))
+    imsave(tmp_path / "flat.png", img, check_contrast=False)
+    flat = read_image_mask_pair(tmp_path / "flat.png")
+    assert flat.nuclei.scheme.name == "consep" and sorted(flat.nuclei.classes) == ids
+
+
+def test_pair_nucls_layout_classes_come_from_points(tmp_path, rng):
+    inst, ids = _instances(rng)
+    for sub in ("images", "labels", "points"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    imsave(tmp_path / "train/images/s.png", _image(rng, inst.shape), check_contrast=False)
+    np.savez(tmp_path / "train/labels/s.npz", inst_map=inst, type_map=np.where(inst > 0, 2, 0))
+    # the nucleus at rows 2..7, cols 2..8 holds two sTIL points and one tumour point; the one
+    # at rows 12..17 one stromal point; the last point lies on background
+    (tmp_path / "train/points/s.csv").write_text("3,3,2\n5,4,2\n6,6,0\n4,14,1\n39,31,3\n")
+    first, second = int(inst[3, 3]), int(inst[14, 4])
+    item = read_image_mask_pair(tmp_path / "train/images/s.png")
+    assert item.nuclei.scheme.name == "nucls" and item.point_scheme.name == "nucls"
+    expected = {i: 0 for i in ids} | {first: 3, second: 2}
+    assert item.nuclei.classes == expected
+    np.testing.assert_array_equal(item.points[0], [3, 3])
+    assert item.point_classes.tolist() == [3, 3, 1, 2, 4]
+    assert any("points" in note for note in item.provenance["notes"])
+    typed = read_image_mask_pair(tmp_path / "train/images/s.png", scheme="consep")  # points only for nucls
+    assert typed.points is None and set(typed.nuclei.classes.values()) == {2}
+    (tmp_path / "train/points/s.csv").write_bytes(b"\x00\xff\x12garbage")
+    with pytest.raises(HistogenInputError, match="scheme"):
+        read_image_mask_pair(tmp_path / "train/images/s.png")  # bad points: back to needing a scheme
+    skipped = read_image_mask_pair(tmp_path / "train/images/s.png", scheme="nucls")
+    assert skipped.points is None and "skipped" in skipped.provenance["notes"][0]
+
+
 # -- real data (research-only copies beside the repository; never shipped) -----------------
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 

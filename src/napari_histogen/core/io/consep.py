@@ -63,8 +63,10 @@ def read_consep_mat(label_path, image_path=None) -> AnnotatedImage:
     Returns
     -------
     AnnotatedImage
-        At 0.25 µm/px (40x). Data with the 7 original types (any type above 4) is
-        merged to 4 classes, and ``provenance['merged_7_to_4']`` says so.
+        At 0.25 µm/px (40x). Data with the 7 original types (any type above 4 in
+        ``inst_type`` or ``type_map``) is merged to 4 classes, and
+        ``provenance['merged_7_to_4']`` says so. A 7-type file with no nucleus of
+        types 5..7 anywhere cannot be told apart from 4-class data.
     """
     label_path = Path(label_path)
     mat = load_mat(label_path)
@@ -84,7 +86,10 @@ def read_consep_mat(label_path, image_path=None) -> AnnotatedImage:
         raise CorruptFileError(
             f"{label_path.name}: {types.size} types for {ids.size} nuclei in the instance map; the files do not belong together."
         )
-    merged = bool(types.size and types.max() > 4)
+    # a 7-type file whose nuclei happen to be all of types 1..4 still needs the merge
+    # (type 4 is dysplastic epithelium there), and its type map may show it
+    type_map = np.asarray(mat.get("type_map", np.zeros(0)))
+    merged = bool((types.size and types.max() > 4) or (type_map.size and type_map.max() > 4))
     if merged:
         types = merge_consep_types(types)
     nuclei = NucleiMask.create(instances, dict(zip(ids.tolist(), types.astype(int).tolist())), "consep",

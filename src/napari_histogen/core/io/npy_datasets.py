@@ -30,13 +30,31 @@ def _open(path: Path) -> np.ndarray:
         raise CorruptFileError(f"{path.name} is not a readable .npy array ({type(err).__name__}: {err}).") from None
 
 
-def _patch(array: np.ndarray, index: int, path: Path, ndim: int) -> np.ndarray:
+def _patch(array: np.ndarray, index: int, path: Path, ndim: int) -> tuple[np.ndarray, int]:
+    """Copy of patch ``index`` (negative counts from the end) and its index from 0."""
     if array.ndim != ndim:
         raise CorruptFileError(f"{path.name} has shape {array.shape}; expected {ndim} axes (N, H, W, C).")
     n = array.shape[0]
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise HistogenInputError(f"Patch index {index!r} is not a whole number; give 0..{n - 1}.")
     if not -n <= int(index) < n:
-        raise HistogenInputError(f"Patch index {index} is out of range: {path.name} holds patches 0..{n - 1}.")
-    return np.array(array[int(index)])  # copy one patch out of the memory map
+        raise HistogenInputError(f"Patch index {index!r} is out of range: {path.name} holds patches 0..{n - 1}.")
+    index = int(index) % n
+    return np.array(array[index]), index  # np.array copies one patch out of the memory map
+
+
+def _image_patch(images_path: Path, index: int, n_masks: int) -> np.ndarray:
+    images = _open(images_path)
+    if images.shape[:1] != (n_masks,):
+        raise CorruptFileError(
+            f"{images_path.name} holds {images.shape[0] if images.ndim else 0} patches but its masks hold {n_masks}; "
+            "the two files are not from the same fold."
+        )
+    image, _ = _patch(images, index, images_path, 4)
+    if np.issubdtype(image.dtype, np.floating) and np.all(np.isfinite(image)) and image.min() >= 0 and image.max() <= 255:
+        # PanNuke stores 0..255 as float; a dark patch (max <= 1) would be misread as 0..1
+        image = np.rint(image).astype(np.uint8)
+    return to_rgb_uint8(image, name=f"{images_path.name}[{index}]")
 
 
 def read_pannuke(images_path, masks_path, index: int) -> AnnotatedImage:
@@ -48,10 +66,11 @@ def read_pannuke(images_path, masks_path, index: int) -> AnnotatedImage:
     renumbered 1..K, channel by channel.
     """
     images_path, masks_path = Path(images_path), Path(masks_path)
-    masks = _patch(_open(masks_path), index, masks_path, 4)
+    all_masks = _open(masks_path)
+    masks, index = _patch(all_masks, index, masks_path, 4)
     if masks.shape[-1] != 6:
         raise CorruptFileError(f"{masks_path.name}: PanNuke masks have 6 channels, this one has {masks.shape[-1]}.")
-    image = to_rgb_uint8(_patch(_open(images_path), index, images_path, 4), name=f"{images_path.name}[{index}]")
+    image = _image_patch(images_path, index, all_masks.shape[0])
     instances = np.zeros(masks.shape[:2], np.int32)
     classes: dict[int, int] = {}
     next_id = 1
@@ -72,10 +91,11 @@ def read_pannuke(images_path, masks_path, index: int) -> AnnotatedImage:
 def read_conic(images_path, labels_path, index: int) -> AnnotatedImage:
     """Patch ``index`` of CoNIC: ``labels.npy`` (N, 256, 256, 2) = instance map, class map (``lizard`` 1..6)."""
     images_path, labels_path = Path(images_path), Path(labels_path)
-    labels = _patch(_open(labels_path), index, labels_path, 4)
+    all_labels = _open(labels_path)
+    labels, index = _patch(all_labels, index, labels_path, 4)
     if labels.shape[-1] != 2:
         raise CorruptFileError(f"{labels_path.name}: CoNIC labels have 2 channels, this one has {labels.shape[-1]}.")
-    image = to_rgb_uint8(_patch(_open(images_path), index, images_path, 4), name=f"{images_path.name}[{index}]")
+    image = _image_patch(images_path, index, all_labels.shape[0])
     instances = as_label_image(labels[..., 0], name=f"{labels_path.name}[{index}] instances")
     classes = classes_from_type_map(instances, labels[..., 1])
     nuclei = NucleiMask.create(instances, classes, "lizard", mpp=CONIC_MPP, name=f"{labels_path.name}[{index}]")

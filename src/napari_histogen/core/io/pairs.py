@@ -69,12 +69,14 @@ def read_points_csv(path, scheme="nucls") -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     path : str or Path
-        CSV file, one point per row: pixel column, pixel row, class. A first line
-        that is not numeric is taken as a header and skipped.
+        CSV file, one point per row: pixel column, pixel row, class, no header
+        (the NuCLS layout). A header ``row,col,class_id[,class_name]`` (our own
+        export) is read by column name, with scheme ids; another three-column
+        header (``x,y,class``) is skipped. A file with no rows gives no points.
     scheme : str or ClassScheme, optional
-        Scheme of the classes. For ``'nucls'`` the file holds the NuCLS class numbers
-        0..3 (tumor_any, nonTIL_stromal, sTIL, other_nucleus), which become scheme
-        ids 1..4; for any other scheme the file holds the scheme's ids.
+        Scheme of the classes. For ``'nucls'`` a headerless file holds the NuCLS
+        class numbers 0..3 (tumor_any, nonTIL_stromal, sTIL, other_nucleus), which
+        become scheme ids 1..4; otherwise the file holds the scheme's ids.
 
     Returns
     -------
@@ -111,17 +113,15 @@ def read_points_csv(path, scheme="nucls") -> tuple[np.ndarray, np.ndarray]:
         own_ids = True
     else:
         own_ids = False
-    try:
-        table = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float64).reshape(len(rows), -1)
-    except ValueError:
-        table = None
-    if table is None or (rows and table.shape[1] != 3):
-        example = rows[0] if rows else "no rows"
+    bad = [row for row in rows if len(row) != 3 or not _is_numeric(row)]
+    if header is not None and not own_ids and len(header) != 3:
+        bad.insert(0, header)  # a header naming other columns is the wrong file even without rows
+    if bad:
         raise CorruptFileError(
             f"Points file {path.name} must hold rows of three numbers x,y,class "
-            f"(or a header row,col,class_id); found e.g. {example}."
+            f"(or a header row,col,class_id); found {bad[0]}."
         )
-    table = table.reshape(-1, 3)
+    table = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float64).reshape(-1, 3)
     if not np.all(np.isfinite(table)) or not np.array_equal(table[:, 2], np.round(table[:, 2])):
         raise CorruptFileError(f"Points file {path.name} has non-finite coordinates or non-integer classes.")
     # the NuCLS files number classes from 0, which would collide with 'unclassified'
