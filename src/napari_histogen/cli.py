@@ -174,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     schemes.add_argument("--save", help="write the scheme NAME to this .json/.yaml file")
     schemes.add_argument("--add", help="install a scheme file into the user scheme folder")
     schemes.set_defaults(func=cmd_schemes)
+
+    from .cli_nasdm import add_models_parser, add_synthesize_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_synthesize_parser(sub)
+    add_models_parser(sub)
+    try:  # the reader-study verbs live in their own module
+        from .cli_study import add_study_parser
+    except ImportError:
+        add_study_parser = None
+    if add_study_parser is not None:
+        add_study_parser(sub)
     return parser
 
 

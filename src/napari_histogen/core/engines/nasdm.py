@@ -1,0 +1,264 @@
+"""The NASDM synthesis engine: a nuclei mask in, H&E patches that follow it out.
+
+The engine loads a model once and keeps it (``free()`` releases it). ``run`` checks the
+mask against the model (class scheme, scale, size, empty), draws ``n_samples`` images in
+batches, reports ``(step, total)`` and checks the cancel flag at every denoising step. A
+cancelled run raises :class:`~napari_histogen.core.progress.Cancelled` and returns nothing.
+Each result carries its provenance; the same request with the same seed on the same device
+gives the same image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import HistogenInputError
+from ..masks import NucleiMask
+from ..progress import ProgressCallback, check_cancel
+from ..provenance import array_sha256, make_provenance
+
+__all__ = ["NasdmRequest", "SynthesisResult", "NasdmEngine", "prepare_mask"]
+
+ENGINE_NAME = "nasdm"
+
+
+@dataclass
+class NasdmRequest:
+    """What to synthesize.
+
+    Parameters
+    ----------
+    nuclei : NucleiMask
+        The conditioning mask (classes of the model's scheme).
+    n_samples : int
+        Images to draw for this mask.
+    steps : int
+        Respaced sampling steps (250 default; 1000 = the full chain).
+    guidance : float
+        Classifier-free guidance scale (1.5).
+    sampler : {"ddpm", "ddim"}
+    seed : int
+        Sample ``k`` uses seed ``seed + k``.
+    batch_size : int
+        Samples per network call.
+    resample : bool
+        Resample a mask at another known scale to the model's µm/px (nearest); when False
+        such a mask is refused.
+    """
+
+    nuclei: NucleiMask
+    n_samples: int = 1
+    steps: int = 250
+    guidance: float = 1.5
+    sampler: str = "ddpm"
+    seed: int = 0
+    batch_size: int = 8
+    resample: bool = True
+
+    def check(self) -> None:
+        if self.n_samples < 1 or self.n_samples > 10000:
+            raise HistogenInputError(f"Number of samples must be between 1 and 10000, not {self.n_samples}.")
+        if self.batch_size < 1:
+            raise HistogenInputError("Batch size must be at least 1.")
+        if not (0 <= self.guidance <= 20) or not math.isfinite(self.guidance):
+            raise HistogenInputError(f"Guidance must be between 0 and 20 (1.5 is the paper's), not {self.guidance}.")
+        if int(self.seed) < 0:
+            raise HistogenInputError(f"Seed must be non-negative, not {self.seed}.")
+
+
+@dataclass
+class SynthesisResult:
+    """One synthetic image with the mask it matches pixel for pixel."""
+
+    image: np.ndarray
+    nuclei: NucleiMask
+    provenance: dict
+    notes: list = field(default_factory=list)
+
+
+def prepare_mask(nuclei: NucleiMask, config, *, resample: bool = True) -> tuple[NucleiMask, list[str]]:
+    """Check ``nuclei`` against a model config; resample it to the model's scale if needed.
+
+    Returns the mask to condition on (at the model's µm/px) and notes for the user.
+
+    Raises
+    ------
+    HistogenInputError
+        Empty mask, scheme mismatch, unclassified nuclei, a mask larger than the model's patch,
+        or another scale with ``resample=False``.
+    """
+    from ..schemes import UNCLASSIFIED
+
+    if nuclei is None or nuclei.n_nuclei == 0:
+        raise HistogenInputError("The nuclei mask is empty: paint or load nuclei first (NASDM draws the tissue "
+                                 "around the nuclei it is given).")
+    model_scheme = config.class_scheme()
+    if nuclei.scheme.name != model_scheme.name:
+        raise HistogenInputError(
+            f"The mask uses class scheme '{nuclei.scheme.name}' but the model was trained on '{model_scheme.name}' "
+            f"({', '.join(f'{c.id}={c.name}' for c in model_scheme.classes)}). Convert the mask to "
+            f"'{model_scheme.name}' classes, or choose a model trained on '{nuclei.scheme.name}'.")
+    unclassified = [i for i, c in nuclei.classes.items() if c == UNCLASSIFIED]
+    if unclassified:
+        raise HistogenInputError(f"{len(unclassified)} nuclei have no class (e.g. id {unclassified[0]}); give every "
+                                 "nucleus a class (palette / reclassify) before synthesis.")
+    notes = []
+    mask = nuclei
+    model_mpp = float(config.mpp)
+    if nuclei.mpp is None:
+        notes.append(f"The mask has no scale; it was taken to be at the model's {model_mpp:g} µm/px.")
+    elif abs(nuclei.mpp / model_mpp - 1) > 0.1:
+        if not resample:
+            raise HistogenInputError(
+                f"The mask is at {nuclei.mpp:g} µm/px but the model works at {model_mpp:g} µm/px; resample it "
+                "(allow resampling) or use a model trained at its scale.")
+        mask = resample_nuclei(nuclei, model_mpp)
+        notes.append(f"The mask was resampled from {nuclei.mpp:g} to {model_mpp:g} µm/px "
+                     f"({nuclei.shape[1]}x{nuclei.shape[0]} -> {mask.shape[1]}x{mask.shape[0]} px, "
+                     f"{mask.n_nuclei} of {nuclei.n_nuclei} nuclei kept).")
+        if mask.n_nuclei == 0:
+            raise HistogenInputError("No nucleus survives resampling the mask to the model's scale; "
+                                     "check the mask's µm/px.")
+    size = config.image_size
+    h, w = mask.shape
+    if h > size or w > size:
+        raise HistogenInputError(
+            f"The mask is {w}x{h} px at {model_mpp:g} µm/px; this model makes {size}x{size} px patches. "
+            f"Crop a {size}x{size} region (e.g. a Shapes rectangle, or napari's crop) for now; "
+            "large canvases are not supported yet.")
+    return mask, notes
+
+
+def resample_nuclei(nuclei: NucleiMask, target_mpp: float) -> NucleiMask:
+    """Nearest-neighbour resampling of a nuclei mask to ``target_mpp``; vanished nuclei dropped."""
+    from skimage.transform import resize
+
+    factor = nuclei.mpp / target_mpp
+    shape = tuple(max(1, int(round(s * factor))) for s in nuclei.shape)
+    inst = resize(nuclei.instances, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+    return NucleiMask.create(inst, nuclei.classes, nuclei.scheme, mpp=target_mpp, metadata=dict(nuclei.metadata))
+
+
+class NasdmEngine:
+    """Keeps one NASDM model loaded and samples from it.
+
+    Parameters
+    ----------
+    model : str or path, optional
+        ``"default"`` / None (the embedded model), a cached model name, or a model path.
+    device : {"auto", "cpu", "cuda"}
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast on CUDA (``auto`` = bf16 where supported); CPU runs fp32.
+    """
+
+    name = ENGINE_NAME
+
+    def __init__(self, model=None, *, device: str = "auto", precision: str = "auto"):
+        from ..devices import autocast_dtype, resolve_device
+        from ..models.registry import resolve_nasdm
+        from ..nasdm.checkpoint import load_nasdm
+
+        self.model_spec = "default" if model in (None, "") else str(model)
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.autocast_dtype = autocast_dtype(self.device, precision)
+        expected = None
+        if self.model_spec == "default":
+            expected = _embedded_sha256()
+        self.loaded = load_nasdm(resolve_nasdm(model), device=self.device, expected_sha256=expected)
+        self.config = self.loaded.config
+
+    @property
+    def scheme(self):
+        return self.config.class_scheme()
+
+    def free(self) -> None:
+        """Release the network (and its GPU memory)."""
+        import torch
+
+        self.loaded = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def describe(self) -> dict:
+        cfg = self.config
+        return {"model": self.model_spec, "weights": str(self.loaded.weights_path.name), "sha256": self.loaded.sha256,
+                "sha256_checked": self.loaded.sha256_checked, "scheme": cfg.scheme["name"], "class_ids": cfg.class_ids,
+                "mpp": cfg.mpp, "image_size": cfg.image_size}
+
+    def run(self, request: NasdmRequest, *, progress: ProgressCallback = None, cancel=None) -> list[SynthesisResult]:
+        """Synthesize ``request.n_samples`` images for the request's mask.
+
+        Raises
+        ------
+        HistogenInputError
+            The mask does not fit the model (see :func:`prepare_mask`).
+        Cancelled
+            ``cancel`` was set; no result is returned.
+        """
+        import torch
+
+        from ..devices import describe_device
+        from ..nasdm.condition import make_condition
+        from ..nasdm.render import to_uint8_image
+        from ..nasdm.sampling import sample
+
+        if self.loaded is None:
+            raise HistogenInputError("This engine was freed; create a new one.")
+        request.check()
+        mask, notes = prepare_mask(request.nuclei, self.config, resample=request.resample)
+        size = self.config.image_size
+        h, w = mask.shape
+        padded = np.zeros((size, size), np.int32)  # background around a smaller mask, cropped off after
+        padded[:h, :w] = mask.instances
+        if (h, w) != (size, size):
+            notes.append(f"The {w}x{h} px mask was padded with background to {size}x{size} for the model.")
+        cond = torch.from_numpy(make_condition(padded, mask.classes, self.config.class_ids))[None].to(self.device)
+        n, bs = request.n_samples, request.batch_size
+        batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+        total = len(batches) * int(request.steps)
+        done = 0
+        images = []
+        for batch in batches:
+            check_cancel(cancel)
+            gens = [torch.Generator().manual_seed(int(request.seed) + k) for k in batch]
+
+            def step_progress(i, _total, _base=done):
+                if progress is not None:
+                    progress(_base + i, total)
+
+            out = sample(self.loaded.model, cond.expand(len(batch), -1, -1, -1), self.config.diffusion,
+                         steps=request.steps, guidance=request.guidance, sampler=request.sampler, generators=gens,
+                         progress=step_progress, cancel=cancel, autocast_dtype=self.autocast_dtype)
+            images.extend(to_uint8_image(img)[:h, :w] for img in out)
+            done += int(request.steps)
+        mask_hash = array_sha256(mask.instances)
+        results = []
+        for k, image in enumerate(images):
+            prov = make_provenance(
+                "nasdm synthesis", engine=ENGINE_NAME, model=self.model_spec,
+                model_file=self.loaded.weights_path.name, model_sha256=self.loaded.sha256,
+                model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
+                steps=int(request.steps), guidance=float(request.guidance), sampler=request.sampler,
+                seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
+                mask_sha256=mask_hash, mask_shape=list(mask.shape), mpp=self.config.mpp,
+                device=describe_device(self.device),
+                precision=str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
+                notes=list(notes))
+            results.append(SynthesisResult(image=image, nuclei=mask, provenance=prov, notes=list(notes)))
+        return results
+
+
+def _embedded_sha256() -> str | None:
+    """The sha256 the package records for its embedded model (None when there is none)."""
+    import json
+
+    from ..models.registry import embedded_nasdm_dir
+
+    record = embedded_nasdm_dir() / "SHA256.json"
+    if record.is_file():
+        return json.loads(record.read_text()).get("sha256")
+    return None

@@ -1,0 +1,72 @@
+"""Writing synthetic images with their masks: the image + mask pair every engine produces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..masks import NucleiMask
+from ..provenance import json_default
+from .bundle import _safe_name
+
+__all__ = ["write_synthesis_pair", "side_by_side"]
+
+
+def side_by_side(nuclei: NucleiMask, synthetic: np.ndarray, real: np.ndarray | None = None, *, gap: int = 4) -> np.ndarray:
+    """``mask | synthetic | real`` (real where given) as one RGB picture.
+
+    The mask panel shows nuclei filled in their class colours with dark outlines on white,
+    the way the annotate dock colours them.
+    """
+    from ..sample import render_overlay
+
+    white = np.full(synthetic.shape, 255, np.uint8)
+    panels = [render_overlay(white, nuclei=nuclei, alpha=1.0), synthetic]
+    if real is not None:
+        panels.append(real)
+    spacer = np.full((synthetic.shape[0], gap, 3), 255, np.uint8)
+    out = []
+    for panel in panels:
+        out += [panel, spacer]
+    return np.concatenate(out[:-1], axis=1)
+
+
+def write_synthesis_pair(out_dir, name: str, image: np.ndarray, nuclei: NucleiMask, provenance: dict,
+                         *, real: np.ndarray | None = None) -> dict[str, Path]:
+    """Write one synthetic image and the mask it matches.
+
+    Files:
+
+    - ``<name>.png``: the synthetic image (lossless);
+    - ``<name>.npz``: ``inst_map``, ``type_map``, ``classes`` (id, class), ``scheme``, ``mpp``
+      (opens with :func:`~napari_histogen.core.io.dispatch.read_annotated`, the image found next to it);
+    - ``<name>.ome.tif``: image, instance and type maps, class table and provenance in one file;
+    - ``<name>_side_by_side.png``: mask | synthetic (| real);
+    - ``<name>.json``: the provenance (engine, model and sha256, parameters, seed, mask hash).
+
+    Returns
+    -------
+    dict
+        Role -> path.
+    """
+    from skimage.io import imsave
+
+    from .ome_tiff import write_ome_tiff
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = _safe_name(name)
+    files = {"image": out / f"{stem}.png", "mask": out / f"{stem}.npz", "ome_tiff": out / f"{stem}.ome.tif",
+             "side_by_side": out / f"{stem}_side_by_side.png", "provenance": out / f"{stem}.json"}
+    imsave(files["image"], image, check_contrast=False)
+    table = np.array(sorted(nuclei.classes.items()), dtype=np.int64).reshape(-1, 2)
+    arrays = dict(inst_map=nuclei.instances, type_map=nuclei.type_map(), classes=table, scheme=np.array(nuclei.scheme.name))
+    if nuclei.mpp is not None:
+        arrays["mpp"] = np.array(nuclei.mpp)
+    np.savez_compressed(files["mask"], **arrays)
+    write_ome_tiff(files["ome_tiff"], image, nuclei, provenance=provenance)
+    imsave(files["side_by_side"], side_by_side(nuclei, image, real), check_contrast=False)
+    files["provenance"].write_text(json.dumps(provenance, indent=2, default=json_default))
+    return files

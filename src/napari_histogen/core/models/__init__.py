@@ -1,0 +1,1 @@
+"""The models napari-histogen knows: the registry and where their files live."""

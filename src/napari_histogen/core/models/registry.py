@@ -1,0 +1,74 @@
+"""Where models come from: the embedded default, the cache folder, or a path.
+
+- ``"default"`` is the NASDM model shipped inside the package (``napari_histogen/models/
+  nasdm_default/``); its sha256 is checked on load.
+- a bare name is looked up in the cache folder ``$HISTOGEN_HOME/models/nasdm/<name>/``
+  (``~/.cache/napari-histogen`` when ``HISTOGEN_HOME`` is unset), where users put models they
+  trained or copied from another machine;
+- anything else is a path to a model file or folder (a training run's ``model/``).
+
+Resolving never touches the network, so it answers at once on an offline workstation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import HistogenInputError
+from ..schemes import histogen_home
+
+__all__ = ["DEFAULT_NASDM", "embedded_nasdm_dir", "model_cache_dir", "resolve_nasdm", "list_nasdm_models"]
+
+DEFAULT_NASDM = "default"
+
+
+def embedded_nasdm_dir() -> Path:
+    """Folder of the NASDM model shipped with the package (may be absent in a source tree)."""
+    return Path(__file__).resolve().parents[2] / "models" / "nasdm_default"
+
+
+def model_cache_dir(kind: str = "nasdm") -> Path:
+    """The cache folder of ``kind`` models (created on demand by whoever writes there)."""
+    return histogen_home() / "models" / kind
+
+
+def resolve_nasdm(spec: str | None = None) -> Path:
+    """The model file or folder for ``spec`` (``None`` = the embedded default).
+
+    Raises
+    ------
+    HistogenInputError
+        With what to do, when nothing matches.
+    """
+    text = str(spec).strip() if spec not in (None, "") else DEFAULT_NASDM
+    if text == DEFAULT_NASDM:
+        folder = embedded_nasdm_dir()
+        if not any(folder.glob("*.safetensors")):
+            raise HistogenInputError(
+                "This installation has no embedded NASDM model. Choose a checkpoint: a training run's "
+                "model/nasdm.safetensors (histogen train nasdm ...), or a model folder copied into "
+                f"{model_cache_dir()}/<name>/.")
+        return folder
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    cached = model_cache_dir() / text
+    if cached.exists():
+        return cached
+    known = ", ".join(sorted(list_nasdm_models())) or "none"
+    raise HistogenInputError(
+        f"No NASDM model '{text}': not a file or folder, and not in the cache {model_cache_dir()} "
+        f"(models there: {known}). Give the path of a .safetensors model or its folder.")
+
+
+def list_nasdm_models() -> dict[str, Path]:
+    """Named models: the embedded default (if present) and the cache folder's entries."""
+    out = {}
+    if any(embedded_nasdm_dir().glob("*.safetensors")):
+        out[DEFAULT_NASDM] = embedded_nasdm_dir()
+    cache = model_cache_dir()
+    if cache.is_dir():
+        for sub in sorted(cache.iterdir()):
+            if sub.is_dir() and any(sub.glob("*.safetensors")):
+                out[sub.name] = sub
+    return out

@@ -1,0 +1,418 @@
+"""Training a NASDM model: resumable, with EMA, sample grids and safetensors checkpoints.
+
+A run folder holds everything about one training run::
+
+    RUN_DIR/run.json                  the training settings and the data summary
+    RUN_DIR/log.csv                   step, losses, learning rate, seconds
+    RUN_DIR/samples/step_000500.png   sample grids: mask | EMA sample | real patch
+    RUN_DIR/checkpoints/last/         raw + EMA weights, optimizer, step, RNG (to resume)
+    RUN_DIR/model/nasdm.safetensors   the EMA weights for sampling, with nasdm.json (sha256)
+
+Running :func:`train_nasdm` again on the same folder continues from ``checkpoints/last``
+(``steps`` is the total to reach). The batches a step sees do not depend on where a run
+was resumed: the patch order of every epoch comes from ``seed + epoch``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HistogenInputError
+from ..progress import ProgressCallback, check_cancel
+
+__all__ = ["TrainSettings", "train_nasdm", "TrainResult"]
+
+
+@dataclass
+class TrainSettings:
+    """Settings of a training run (all recorded in ``run.json``).
+
+    Parameters
+    ----------
+    data : str
+        Dataset file or folder (see :func:`~napari_histogen.core.nasdm.data.build_patch_set`).
+    fmt : str
+        Dataset format or ``auto``.
+    out : str
+        Run folder.
+    size : str
+        Model size preset (``paper``, ``small``, ``cpu``, ``tiny``).
+    steps : int
+        Total optimisation steps to reach.
+    batch_size : int
+    lr : float
+        AdamW learning rate (1e-4; 2e-5 to fine-tune).
+    weight_decay : float
+    ema_decay : float
+    cond_drop : float
+        Probability of replacing a condition by the null condition (classifier-free guidance).
+    vlb_weight : float
+        ``lambda`` of the hybrid loss.
+    image_size : int
+        Patch size (px).
+    mpp : float
+        Microns per pixel the model works at (0.5 = 20x).
+    overlap, min_tissue, val_fraction : float
+        Patch extraction and the validation split (by source image).
+    stain_norm : str or None
+        ``macenko`` or None.
+    init : str or None
+        Start from these NASDM weights (fine-tuning).
+    sample_every, checkpoint_every, log_every : int
+        Intervals in steps.
+    sample_steps : int
+        Respaced DDPM steps for the sample grids.
+    sample_guidance : float
+    device : str
+    precision : str
+        ``auto`` (bf16/fp16 on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
+    seed : int
+    scheme : str or None
+        Class scheme for formats that do not record one.
+    source_mpp : float or None
+        Microns per pixel of the data when the format does not say.
+    grad_clip : float
+    workers : int
+        DataLoader worker processes.
+    max_patches : int or None
+        Use only this many training patches (quick trials).
+    """
+
+    data: str
+    out: str
+    fmt: str = "auto"
+    size: str = "small"
+    steps: int = 10000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    cond_drop: float = 0.2
+    vlb_weight: float = 0.001
+    image_size: int = 128
+    mpp: float = 0.5
+    overlap: float = 0.5
+    min_tissue: float = 0.5
+    val_fraction: float = 0.1
+    stain_norm: str | None = None
+    init: str | None = None
+    sample_every: int = 1000
+    checkpoint_every: int = 500
+    log_every: int = 10
+    sample_steps: int = 50
+    sample_guidance: float = 1.5
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    scheme: str | None = None
+    source_mpp: float | None = None
+    grad_clip: float = 1.0
+    workers: int = 0
+    max_patches: int | None = None
+    model_overrides: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise HistogenInputError("Steps and batch size must be at least 1.")
+        if not 0 <= self.cond_drop < 1:
+            raise HistogenInputError(f"Condition dropout must be in [0, 1), not {self.cond_drop}.")
+        if not 0 < self.ema_decay < 1:
+            raise HistogenInputError(f"EMA decay must be in (0, 1), not {self.ema_decay}.")
+        if self.lr <= 0:
+            raise HistogenInputError(f"Learning rate must be positive, not {self.lr}.")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    step: int
+    seconds: float
+    last_loss: float | None
+    sample_grids: list
+
+
+# The settings that fix the model and the data: a resumed run must have the same ones.
+_FIXED = ("size", "image_size", "mpp", "data", "fmt", "overlap", "min_tissue", "val_fraction", "stain_norm", "seed",
+          "scheme", "source_mpp", "model_overrides", "max_patches")
+
+
+def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, cancel=None,
+                log=print) -> TrainResult:
+    """Train (or continue training) a NASDM model; see the module docstring for the run folder.
+
+    Parameters
+    ----------
+    settings : TrainSettings
+    progress : callable(step, total), optional
+    cancel : CancelToken or callable, optional
+        Checked every step; a cancelled run saves a checkpoint and returns.
+    log : callable(str)
+        Where messages go.
+    """
+    import torch
+
+    from ..devices import autocast_dtype, describe_device, resolve_device
+    from ..diffusion.gaussian import GaussianDiffusion
+    from ..progress import Cancelled
+    from .checkpoint import NasdmModelConfig, load_nasdm, save_nasdm
+    from .condition import condition_channels
+    from .data import NasdmPatchDataset, build_patch_set
+    from .unet import NasdmUNet, preset_config
+
+    settings.check()
+    run_dir = Path(settings.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints" / "last"
+    resuming = (ckpt_dir / "state.json").is_file()
+    if resuming:
+        _check_same_run(run_dir / "run.json", settings)
+
+    device = resolve_device(settings.device)
+    amp_dtype = autocast_dtype(device, settings.precision)
+    torch.manual_seed(settings.seed)
+
+    log(f"Reading {settings.data} ...")
+    patches = build_patch_set(settings.data, settings.fmt, target_mpp=settings.mpp, patch_size=settings.image_size,
+                              overlap=settings.overlap, min_tissue=settings.min_tissue,
+                              val_fraction=settings.val_fraction, seed=settings.seed, scheme=settings.scheme,
+                              source_mpp=settings.source_mpp, stain_normalizer=settings.stain_norm)
+    train_refs = list(patches.train)
+    if settings.max_patches:
+        train_refs = train_refs[: settings.max_patches]
+    if not train_refs:
+        raise HistogenInputError(f"No training patches in {settings.data} (after the tissue filter); "
+                                 "check the format and --min-tissue.")
+    class_ids = list(patches.class_ids)
+    dataset = NasdmPatchDataset(patches, train_refs, augment=True)
+    val_refs = list(patches.val) or train_refs
+    preview = NasdmPatchDataset(patches, val_refs[:4], augment=False)
+
+    unet_cfg = preset_config(settings.size, image_size=settings.image_size,
+                             cond_channels=condition_channels(class_ids), **settings.model_overrides)
+    diffusion = GaussianDiffusion(vlb_weight=settings.vlb_weight)
+    model = NasdmUNet(unet_cfg).to(device)
+    ema = NasdmUNet(unet_cfg).to(device).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    model_config = NasdmModelConfig(unet=unet_cfg.to_dict(), diffusion=diffusion.config(),
+                                    scheme=patches.scheme.to_dict(), class_ids=class_ids, mpp=settings.mpp)
+    step = 0
+    if resuming:
+        step = _load_state(ckpt_dir, model, ema, optimizer, device)
+        log(f"Resuming {run_dir} at step {step}.")
+    else:
+        if settings.init:
+            init = load_nasdm(settings.init, device=device)
+            if init.config.unet != unet_cfg.to_dict() or list(init.config.class_ids) != class_ids:
+                raise HistogenInputError(f"--init {settings.init} has another architecture or classes than this run "
+                                         f"(size '{settings.size}', classes {class_ids}); choose the matching size.")
+            model.load_state_dict(init.model.state_dict())
+            log(f"Starting from the weights of {init.weights_path} (sha256 {init.sha256[:12]}...).")
+        ema.load_state_dict(model.state_dict())
+        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": patches.summary,
+                                           "model": model_config.to_dict(),
+                                           "parameters": model.n_parameters()})
+    model_config.training = {"data": settings.data, "format": settings.fmt, "run": run_dir.name,
+                             "data_summary": patches.summary, "device": describe_device(device),
+                             "batch_size": settings.batch_size, "lr": settings.lr, "cond_drop": settings.cond_drop,
+                             "ema_decay": settings.ema_decay, "seed": settings.seed}
+
+    log(f"{model.n_parameters() / 1e6:.1f} M parameters, {len(train_refs)} training patches, "
+        f"{len(patches.val)} validation patches, classes {class_ids}, device {describe_device(device)}"
+        + (f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else ""))
+    log_path = run_dir / "log.csv"
+    new_log = not log_path.is_file()
+    log_file = open(log_path, "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "loss", "mse", "vb", "lr", "seconds", "patches_per_s"])
+    grids: list[Path] = []
+    t_start = time.perf_counter()
+    last_loss = None
+    amp = (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+    window: list[float] = []
+    t_window = time.perf_counter()
+    model.train()
+    try:
+        while step < settings.steps:
+            check_cancel(cancel)
+            idx = _batch_indices(step, settings.batch_size, len(dataset), settings.seed)
+            items = [dataset[i] for i in idx]
+            x0 = torch.stack([it["image"] for it in items]).to(device)
+            cond = torch.stack([it["condition"] for it in items]).to(device)
+            drop = torch.rand(len(idx), generator=gen) < settings.cond_drop
+            cond[drop.to(device)] = 0
+            t = torch.randint(0, diffusion.num_timesteps, (len(idx),), generator=gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            with amp():
+                losses = diffusion.training_losses(model, x0, t, cond, noise=noise)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower --lr or use fp32 "
+                                         "(--precision fp32), then resume.")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                optimizer.step()
+            _ema_update(ema, model, settings.ema_decay)
+            step += 1
+            last_loss = float(loss)
+            window.append(last_loss)
+            if step % settings.log_every == 0 or step == settings.steps:
+                elapsed = time.perf_counter() - t_window
+                writer.writerow([step, f"{np.mean(window):.5f}", f"{losses['mse'].mean().item():.5f}",
+                                 f"{losses['vb'].mean().item():.5f}", settings.lr,
+                                 f"{time.perf_counter() - t_start:.1f}",
+                                 f"{len(window) * settings.batch_size / max(elapsed, 1e-9):.2f}"])
+                log_file.flush()
+                window, t_window = [], time.perf_counter()
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                _save_state(ckpt_dir, model, ema, optimizer, step)
+                save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
+            if step % settings.sample_every == 0 or step == settings.steps:
+                grids.append(_sample_grid(ema, preview, model_config, run_dir / "samples" / f"step_{step:06d}.png",
+                                          settings, device, amp_dtype))
+            if progress is not None:
+                progress(step, settings.steps)
+    except Cancelled:
+        log(f"Stopped at step {step}; saving a checkpoint to resume from.")
+        _save_state(ckpt_dir, model, ema, optimizer, step)
+        save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
+    finally:
+        log_file.close()
+    model_path = run_dir / "model" / "nasdm.safetensors"
+    if not model_path.is_file():  # resumed at or past the target: make sure the model file exists
+        save_nasdm(ema, model_config, model_path)
+    return TrainResult(run_dir=run_dir, model_path=model_path, step=step, seconds=time.perf_counter() - t_start,
+                       last_loss=last_loss, sample_grids=grids)
+
+
+def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """The dataset indices of a step: epoch permutations seeded by ``seed + epoch``."""
+    out = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = np.random.default_rng(seed + epoch).permutation(n)
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perm[offset: offset + take].tolist())
+        pos += take
+    return out
+
+
+def _ema_update(ema, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - decay)
+
+
+def _save_state(folder: Path, model, ema, optimizer, step: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    _write_json(tmp / "state.json", {"step": step})
+    # swap in the new checkpoint only once it is complete
+    old = folder.with_name(folder.name + ".old")
+    if old.exists():
+        _rmtree(old)
+    folder.replace(old)
+    tmp.replace(folder)
+    _rmtree(old)
+
+
+def _load_state(folder: Path, model, ema, optimizer, device) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+        ema.load_state_dict(load_file(str(folder / "ema.safetensors"), device=str(device)))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        return int(json.loads((folder / "state.json").read_text())["step"])
+    except Exception as err:  # noqa: BLE001 - any damage means the same advice
+        raise HistogenInputError(f"Cannot resume from {folder} ({err}). Move that folder away to start afresh, "
+                                 "or restore it from a backup.") from None
+
+
+def _check_same_run(run_json: Path, settings: TrainSettings) -> None:
+    try:
+        previous = json.loads(run_json.read_text())["settings"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise HistogenInputError(f"{run_json} is missing or damaged, so this run cannot be resumed safely; "
+                                 "use a new --out folder.") from None
+    now = asdict(settings)
+    changed = [k for k in _FIXED if previous.get(k) != now.get(k)]
+    if changed:
+        raise HistogenInputError(
+            f"{run_json.parent} is a run with other {', '.join(changed)} "
+            f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)}); resume it with the same settings "
+            "or use a new --out folder.")
+
+
+def _write_json(path: Path, data) -> None:
+    from ..provenance import json_default
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=json_default))
+    tmp.replace(path)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sample_grid(ema, preview, model_config, path: Path, settings: TrainSettings, device, amp_dtype) -> Path:
+    """Rows of ``mask | EMA sample | real`` for a few validation patches, saved as PNG."""
+    import torch
+    from skimage.io import imsave
+
+    from .render import condition_to_rgb, to_uint8_image
+    from .sampling import sample
+
+    items = [preview[i] for i in range(len(preview))]
+    cond = torch.stack([it["condition"] for it in items]).to(device)
+    gens = [torch.Generator().manual_seed(settings.seed + i) for i in range(len(items))]
+    ema.eval()
+    images = sample(ema, cond, model_config.diffusion, steps=settings.sample_steps, guidance=settings.sample_guidance,
+                    generators=gens, autocast_dtype=amp_dtype)
+    scheme = model_config.class_scheme()
+    rows = []
+    for it, img in zip(items, images):
+        rows.append(np.concatenate([condition_to_rgb(it["condition"].numpy(), model_config.class_ids, scheme),
+                                    to_uint8_image(img), to_uint8_image(it["image"])], axis=1))
+    pad = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    grid = np.concatenate([r for row in rows for r in (row, pad)][:-1], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(path, grid, check_contrast=False)
+    return path
+

@@ -1,0 +1,50 @@
+"""Progress reporting and cancellation shared by engines, training and their callers.
+
+An engine reports ``progress(done, total)`` and calls :func:`check_cancel` at every
+denoising step; a cancelled run raises :class:`Cancelled`, which callers treat as "no
+result" (never a partial one).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+__all__ = ["Cancelled", "CancelToken", "check_cancel", "ProgressCallback"]
+
+ProgressCallback = Optional[Callable[[int, int], None]]
+
+
+class Cancelled(Exception):
+    """The user cancelled the run; nothing was produced."""
+
+
+class CancelToken:
+    """A thread-safe cancel flag (set from the GUI thread, read by the worker)."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+def check_cancel(cancel) -> None:
+    """Raise :class:`Cancelled` if ``cancel`` (a CancelToken, Event or callable) is set."""
+    if cancel is None:
+        return
+    if isinstance(cancel, threading.Event):
+        flag = cancel.is_set()
+    elif isinstance(cancel, CancelToken):
+        flag = cancel.cancelled
+    else:
+        flag = bool(cancel())
+    if flag:
+        raise Cancelled("cancelled")
