@@ -58,7 +58,8 @@ def read_annotated(path, *, index: int | None = None, scheme=None) -> AnnotatedI
           (``inst_map``/``inst_type``, or the 256-px patch layout);
         - ``.npy``: a PanNuke or CoNIC array (images, masks or labels; the sibling is
           found); ``file.npy::N`` chooses patch N;
-        - ``.npz``: an instance/type map whose image lies next to it or in ``../images``;
+        - ``.npz``: an instance/type map whose image lies next to it or in ``../images``
+          (without one, the mask alone);
         - ``.ome.tif``: an OME-TIFF written by napari-histogen (or any OME-TIFF image);
         - ``.geojson``: QuPath GeoJSON nuclei;
         - an image (PNG/JPEG/TIFF): its mask is found by convention (see
@@ -102,14 +103,11 @@ def read_annotated(path, *, index: int | None = None, scheme=None) -> AnnotatedI
 
         return read_npy_dataset(base, index=index or 0)
     if name.endswith(".npz"):
-        from .pairs import read_image_mask_pair
+        from .pairs import read_image_mask_pair, read_mask_file
 
         image = _image_for_mask(base)
-        if image is None:
-            raise HistogenInputError(
-                f"No image found for {base.name}: put <stem>.png (or .jpg/.tif) next to it or in ../images, "
-                "or open the image itself."
-            )
+        if image is None:  # a mask on its own (e.g. painted for synthesis)
+            return read_mask_file(base, scheme=scheme)
         return read_image_mask_pair(image, base, scheme=scheme)
     if name.endswith(_IMAGE_SUFFIXES):
         from .pairs import read_image_mask_pair

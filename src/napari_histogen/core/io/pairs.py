@@ -21,7 +21,7 @@ from ..masks import NucleiMask, as_label_image, check_same_shape, classes_from_t
 from ..schemes import UNCLASSIFIED, get_scheme
 from .annotated import AnnotatedImage
 
-__all__ = ["read_image_mask_pair", "read_points_csv", "read_rgb_image", "classes_from_points"]
+__all__ = ["read_image_mask_pair", "read_mask_file", "read_points_csv", "read_rgb_image", "classes_from_points"]
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -223,6 +223,22 @@ def read_image_mask_pair(image_path, mask_path=None, scheme=None, mpp=None) -> A
         mpp=nuclei.mpp,
         provenance=provenance,
     ).validate()
+
+
+def read_mask_file(mask_path, scheme=None, mpp=None) -> AnnotatedImage:
+    """Read a nuclei mask file (``.npz`` or ``.tif``, as in :func:`read_image_mask_pair`) without an image.
+
+    Masks drawn or generated for synthesis have no image yet; this gives them as an
+    :class:`AnnotatedImage` with ``image=None``.
+    """
+    mask_path = Path(mask_path)
+    mask = _read_mask(mask_path)
+    notes: list[str] = []
+    scheme_name, classes = _resolve_classes(mask, scheme, None, None, notes)
+    mpp = mpp if mpp is not None else mask.get("mpp")
+    nuclei = NucleiMask.create(mask["instances"], classes, scheme_name, mpp=mpp, name=f"mask {mask_path.name}")
+    provenance = {"format": "mask", "source": mask_path.name, "scheme": nuclei.scheme.name, "notes": notes}
+    return AnnotatedImage(name=mask_path.stem, nuclei=nuclei, mpp=nuclei.mpp, provenance=provenance).validate()
 
 
 def _find_mask(image_path: Path) -> Path:

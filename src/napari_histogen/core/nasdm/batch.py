@@ -95,14 +95,14 @@ def synthesize_masks(mask_paths, out_dir, engine, *, n_samples: int = 1, steps: 
                 pieces = [("", nuclei)]
             for suffix, piece in pieces:
                 prepare_mask(piece, engine.config)  # fail early, before any sampling
-                jobs.append((item.name + suffix, piece, item))
+                jobs.append((item.name + suffix, piece, item, path))
         except HistogenInputError as err:
             report.skipped.append((str(path), str(err)))
             log(f"skipped {path}: {err}")
     per_job = -(-n_samples // batch_size) * steps  # the engine reports batches x steps
     total = len(jobs) * per_job
     done = 0
-    for name, nuclei, item in jobs:
+    for name, nuclei, item, path in jobs:
         request = NasdmRequest(nuclei=nuclei, n_samples=n_samples, steps=steps, guidance=guidance, sampler=sampler,
                                seed=seed, batch_size=batch_size)
 
@@ -115,7 +115,7 @@ def synthesize_masks(mask_paths, out_dir, engine, *, n_samples: int = 1, steps: 
         real = item.image if (item.image is not None and item.image.shape[:2] == results[0].nuclei.shape) else None
         for res in results:
             stem = f"{name}_s{res.provenance['parameters']['seed']}"
-            res.provenance["parameters"]["mask_source"] = str(Path(str(item.provenance.get("file", name))).name)
+            res.provenance["parameters"]["mask_source"] = Path(str(path)).name
             files = write_synthesis_pair(out_dir, stem, res.image, res.nuclei, res.provenance, real=real)
             report.written.append((stem, files))
             log(f"{stem}: {files['image']}")

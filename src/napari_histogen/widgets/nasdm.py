@@ -1,0 +1,346 @@
+"""The "Histogen: NASDM" dock: synthesize H&E patches that follow a painted nuclei mask.
+
+Thin by design: it reads the mask layer, runs :meth:`NasdmEngine.run` in a background
+thread (progress bar, Cancel), and adds each result as an image layer next to its mask,
+with the mask's outline on top (toggleable). Nothing is added when a run is cancelled or
+fails; errors become notifications.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _layers
+from ..core.errors import HistogenInputError
+from ..core.progress import CancelToken, Cancelled
+from ._guard import guarded, notify_error, notify_info
+
+RESULT_GAP_PX = 8  # space between a mask and its results on the canvas
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(int, int)
+
+
+class NasdmWidget(QWidget):
+    """Dock widget: nuclei mask layer + model + settings -> synthetic patches."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._engines: dict = {}
+        self._worker = None
+        self._cancel: CancelToken | None = None
+        self._napari_progress = None
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self.last_results: list = []
+        self.outline_layers: list = []
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        form = QFormLayout()
+        self.mask_combo = QComboBox()
+        self.mask_combo.setToolTip("Nuclei mask (Labels layer with a class per nucleus) to synthesize from")
+        form.addRow("nuclei mask", self.mask_combo)
+
+        model_row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The embedded default, a model from the cache folder, or a checkpoint file")
+        self.model_combo.currentIndexChanged.connect(lambda _i: self._update_model_info())
+        browse = QPushButton("Checkpoint…")
+        browse.setToolTip("Choose a NASDM .safetensors model (e.g. a training run's model/nasdm.safetensors)")
+        browse.clicked.connect(self._on_browse_clicked)
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(browse)
+        form.addRow("model", model_row)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        form.addRow("", self.model_info)
+
+        self.guidance_spin = QDoubleSpinBox()
+        self.guidance_spin.setRange(0.0, 20.0)
+        self.guidance_spin.setSingleStep(0.25)
+        self.guidance_spin.setValue(1.5)
+        self.guidance_spin.setToolTip("Classifier-free guidance scale s (0 = conditional model only; paper: 1.5)")
+        form.addRow("guidance", self.guidance_spin)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1000)
+        self.steps_spin.setValue(250)
+        self.steps_spin.setToolTip("Respaced denoising steps (1000 = full chain; fewer is faster)")
+        form.addRow("steps", self.steps_spin)
+        self.samples_spin = QSpinBox()
+        self.samples_spin.setRange(1, 64)
+        self.samples_spin.setValue(1)
+        form.addRow("samples", self.samples_spin)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setToolTip("Sample k uses seed + k; the same seed gives the same image on the same device")
+        form.addRow("seed", self.seed_spin)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        form.addRow("device", self.device_combo)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_btn = QPushButton("Synthesize")
+        self.run_btn.clicked.connect(lambda: self.run())
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(lambda: self.cancel())
+        buttons.addWidget(self.run_btn)
+        buttons.addWidget(self.cancel_btn)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        layout.addWidget(self.progress_bar)
+        self.outline_check = QCheckBox("Show mask outlines on results")
+        self.outline_check.setChecked(True)
+        self.outline_check.toggled.connect(self._on_outline_toggled)
+        layout.addWidget(self.outline_check)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._refresh_models()
+        self._refresh_masks()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(lambda _e: self._refresh_masks())
+
+    # -- choices ------------------------------------------------------------------------
+    def _refresh_masks(self) -> None:
+        current = self.mask_combo.currentText()
+        self.mask_combo.clear()
+        names = [layer.name for layer in self.viewer.layers
+                 if layer.__class__.__name__ == "Labels" and _layers.layer_kind(layer) in (None, "nuclei")
+                 and not layer.metadata.get("histogen_outline")]
+        self.mask_combo.addItems(names)
+        if current in names:
+            self.mask_combo.setCurrentText(current)
+
+    def _refresh_models(self) -> None:
+        from ..core.models.registry import list_nasdm_models
+
+        self.model_combo.clear()
+        for name, path in list_nasdm_models().items():
+            self.model_combo.addItem("default (embedded)" if name == "default" else name, str(path) if name != "default" else "default")
+        if self.model_combo.count() == 0:
+            self.model_info.setText("No model installed: choose a checkpoint file.")
+
+    def set_model(self, path) -> None:
+        """Use the NASDM model at ``path`` (adds it to the model list)."""
+        path = str(path)
+        index = self.model_combo.findData(path)
+        if index < 0:
+            self.model_combo.addItem(Path(path).name, path)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+
+    @guarded
+    def _on_browse_clicked(self, *_):
+        path, _ = QFileDialog.getOpenFileName(self, "NASDM model", "", "NASDM model (*.safetensors *.json)")
+        if path:
+            self.set_model(path)
+
+    def _model_spec(self) -> str:
+        spec = self.model_combo.currentData()
+        if not spec:
+            raise HistogenInputError("Choose a NASDM model first (Checkpoint… to pick a .safetensors file).")
+        return str(spec)
+
+    def _update_model_info(self) -> None:
+        spec = self.model_combo.currentData()
+        if not spec:
+            return
+        try:
+            import json
+
+            from ..core.models.registry import resolve_nasdm
+            from ..core.nasdm.checkpoint import find_model_files
+
+            weights, sidecar = find_model_files(resolve_nasdm(spec))
+            meta = json.loads(sidecar.read_text()) if sidecar else {}
+            if meta:
+                names = ", ".join(c["name"] for c in meta["scheme"]["classes"])
+                self.model_info.setText(f"{meta['scheme']['name']} ({names}); {meta['unet']['image_size']} px at "
+                                        f"{meta['mpp']:g} µm/px")
+        except (HistogenInputError, OSError, KeyError, ValueError) as err:
+            self.model_info.setText(str(err))
+
+    # -- running ------------------------------------------------------------------------
+    def _mask_layer(self):
+        name = self.mask_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise HistogenInputError("Choose a nuclei mask layer (paint one with the annotate dock, or open a mask).")
+        return self.viewer.layers[name]
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    @guarded
+    def run(self):
+        """Start a synthesis run in the background (returns at once)."""
+        from napari.qt.threading import create_worker
+
+        from ..core.engines.nasdm import NasdmRequest
+
+        if self.running:
+            raise HistogenInputError("A synthesis run is already going; wait for it or press Cancel.")
+        layer = self._mask_layer()
+        nuclei = _layers.nuclei_mask_from_layer(layer)
+        if nuclei.n_nuclei == 0:
+            raise HistogenInputError(f"The mask '{layer.name}' is empty: paint nuclei first.")
+        request = NasdmRequest(nuclei=nuclei, n_samples=self.samples_spin.value(), steps=self.steps_spin.value(),
+                               guidance=self.guidance_spin.value(), seed=self.seed_spin.value())
+        request.check()
+        spec, device = self._model_spec(), self.device_combo.currentText()
+        self._cancel = token = CancelToken()
+        relay = self._relay
+
+        def work():
+            # Outcomes come back as values, never as worker errors: napari 0.9's task-status hook
+            # on `errored` itself raises in the event loop.
+            try:
+                engine = self._engine(spec, device)
+                return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
+            except Cancelled:
+                return "cancelled", None
+            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
+                return "failed", err
+
+        # errored is connected here, so napari does not re-raise the worker's error in the event loop
+        self._worker = worker = create_worker(work, _start_thread=False, _connect={
+            "returned": lambda outcome, _l=layer: self._on_returned(outcome, _l),
+            "errored": self._on_error,
+            "finished": self._on_worker_done,
+        })
+        self._set_running(True)
+        self.status.setText(f"Synthesizing {request.n_samples} sample(s) for '{layer.name}'…")
+        worker.start()
+        return worker
+
+    def _engine(self, spec: str, device: str):
+        from ..core.engines.nasdm import NasdmEngine
+
+        key = (spec, device)
+        if key not in self._engines:
+            self._engines[key] = NasdmEngine(spec, device=device)
+        return self._engines[key]
+
+    def cancel(self) -> None:
+        """Stop the running synthesis within one denoising step; nothing is added."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.status.setText("Cancelling…")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        if running:
+            from napari.utils import progress
+
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+            self._napari_progress = progress(total=1, desc="NASDM synthesis")
+        elif self._napari_progress is not None:
+            self._napari_progress.close()
+            self._napari_progress = None
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(done)
+        if self._napari_progress is not None:
+            self._napari_progress.total = total
+            self._napari_progress.n = done
+            self._napari_progress.refresh()
+
+    def _on_worker_done(self) -> None:
+        self._worker = None
+        self._cancel = None
+        self._set_running(False)
+
+    def _on_error(self, err) -> None:
+        self.status.setText("Synthesis failed.")
+        if isinstance(err, HistogenInputError):
+            notify_error(str(err))
+        elif isinstance(err, MemoryError):
+            notify_error("Out of memory: use fewer samples, or a GPU.")
+        else:
+            import logging
+
+            logging.getLogger("napari_histogen").error("NASDM synthesis failed", exc_info=err)
+            notify_error(f"Synthesis failed: {err}. Details are in the log; please report this with the log attached.")
+
+    def _on_returned(self, outcome, mask_layer) -> None:
+        status, value = outcome
+        if status == "failed":
+            self._on_error(value)
+        else:
+            self._on_finished(value, mask_layer)
+
+    @guarded
+    def _on_finished(self, results, mask_layer) -> None:
+        if results is None:
+            self.status.setText("Cancelled; nothing was added.")
+            notify_info("NASDM synthesis cancelled; nothing was added.")
+            return
+        self.last_results = list(results)
+        self._add_result_layers(results, mask_layer)
+        notes = "; ".join(dict.fromkeys(n for r in results for n in r.notes))
+        self.status.setText(f"Added {len(results)} synthetic patch(es) next to '{mask_layer.name}'." +
+                            (f" {notes}" if notes else ""))
+
+    def _add_result_layers(self, results, mask_layer) -> None:
+        first = results[0].nuclei
+        mpp = first.mpp or _layers.layer_mpp(mask_layer) or 1.0
+        origin = np.asarray(mask_layer.translate, dtype=float)[-2:]
+        width = (first.shape[1] + RESULT_GAP_PX) * mpp
+        for k, result in enumerate(results):
+            seed = result.provenance["parameters"]["seed"]
+            name = f"NASDM {mask_layer.name} s{seed}"
+            offset = origin + np.array([0.0, (k + 1) * width])
+            data, kwargs, _ = _layers.image_layer_data(result.image, name, mpp=mpp, provenance=result.provenance)
+            kwargs.setdefault("scale", (mpp, mpp))
+            self.viewer.add_image(data, translate=offset, **kwargs)
+            outline = self.viewer.add_labels(
+                result.nuclei.instances, name=f"{name} mask", translate=offset, scale=(mpp, mpp), opacity=0.8,
+                colormap=_layers.class_color_dict(result.nuclei.classes, result.nuclei.scheme),
+                visible=self.outline_check.isChecked(),
+                metadata={"histogen_outline": True, "histogen": {"kind": "nuclei", "scheme": result.nuclei.scheme.to_dict(),
+                                                                 "mpp": mpp, "provenance": result.provenance}},
+                features=_layers.features_from_classes(result.nuclei.classes))
+            outline.contour = 1
+            self.outline_layers.append(outline)
+
+    def _on_outline_toggled(self, checked: bool) -> None:
+        for layer in list(self.outline_layers):
+            if layer in self.viewer.layers:
+                layer.visible = checked
+
+    def closeEvent(self, event):  # noqa: N802 - Qt API
+        self.cancel()
+        for engine in self._engines.values():
+            engine.free()
+        super().closeEvent(event)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random NASDM checkpoint saved the way training saves models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+
+
+def save_tiny_nasdm(folder, *, image_size=32, scheme="consep", seed=0):
+    """Save a tiny random NASDM model (non-zero output layers) to ``folder``; return its path."""
+    import torch
+
+    from napari_histogen.core.diffusion.gaussian import GaussianDiffusion
+    from napari_histogen.core.nasdm.checkpoint import NasdmModelConfig, save_nasdm
+    from napari_histogen.core.nasdm.condition import condition_channels
+    from napari_histogen.core.nasdm.unet import NasdmUNet, preset_config
+    from napari_histogen.core.schemes import get_scheme
+
+    scheme = get_scheme(scheme)
+    torch.manual_seed(seed)
+    model = NasdmUNet(preset_config("tiny", image_size=image_size, cond_channels=condition_channels(scheme.ids)))
+    with torch.no_grad():  # zero-initialised layers would make the output constant
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    config = NasdmModelConfig(unet=model.config.to_dict(), diffusion=GaussianDiffusion().config(),
+                              scheme=scheme.to_dict(), class_ids=list(scheme.ids), mpp=0.5,
+                              training={"model_id": "tiny-test"})
+    return save_nasdm(model, config, folder / "nasdm.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_nasdm(tmp_path_factory):
+    """Path of a tiny 32 px CoNSeP-scheme NASDM model at 0.5 µm/px."""
+    pytest.importorskip("torch")
+    return save_tiny_nasdm(tmp_path_factory.mktemp("tiny_nasdm"))
