@@ -51,6 +51,7 @@ class TrainSettings:
         AdamW learning rate (1e-4; 2e-5 to fine-tune).
     weight_decay : float
     ema_decay : float
+        EMA decay (0.999), warmed up as ``min(decay, (1 + step) / (10 + step))``.
     cond_drop : float
         Probability of replacing a condition by the null condition (classifier-free guidance).
     vlb_weight : float
@@ -185,8 +186,9 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
                               val_fraction=settings.val_fraction, seed=settings.seed, scheme=settings.scheme,
                               source_mpp=settings.source_mpp, stain_normalizer=settings.stain_norm)
     train_refs = list(patches.train)
-    if settings.max_patches:
-        train_refs = train_refs[: settings.max_patches]
+    if settings.max_patches:  # a seeded sample across sources (refs are ordered by source)
+        keep = np.sort(np.random.default_rng(settings.seed).permutation(len(train_refs))[: settings.max_patches])
+        train_refs = [train_refs[i] for i in keep]
     if not train_refs:
         raise HistogenInputError(f"No training patches in {settings.data} (after the tissue filter); "
                                  "check the format and --min-tissue.")
@@ -271,9 +273,10 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
                 optimizer.step()
-            _ema_update(ema, model, settings.ema_decay)
+            # warm-up as diffusers' EMAModel: early on the average would be mostly the random init
+            _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            last_loss = float(loss)
+            last_loss = float(loss.detach())
             window.append(last_loss)
             if step % settings.log_every == 0 or step == settings.steps:
                 elapsed = time.perf_counter() - t_window

@@ -102,15 +102,17 @@ class UNetConfig:
         return cls(**data)
 
 
-#: Named sizes. "paper" is NASDM's Lizard configuration (about 400 M parameters); "small"
-#: and "cpu" fit a workstation; "tiny" is for tests.
+#: Named sizes. "paper" is NASDM's Lizard configuration (453 M parameters at 6 condition
+#: channels); "small" (130 M) suits one GPU; "cpu" (7 M) trains and samples on a
+#: workstation without a GPU (one 128 px patch with guidance in well under a minute at
+#: 100 steps on 2 cores); "tiny" is for tests.
 PRESETS: dict[str, dict] = {
     "paper": dict(model_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
                   attention_resolutions=(32, 16, 8)),
     "small": dict(model_channels=128, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
                   attention_resolutions=(32, 16, 8)),
-    "cpu": dict(model_channels=64, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=1,
-                attention_resolutions=(32, 16, 8), spade_hidden=64),
+    "cpu": dict(model_channels=32, channel_mult=(1, 2, 2, 4, 4), num_res_blocks=1,
+                attention_resolutions=(32, 16, 8), num_head_channels=32, spade_hidden=32, groups=8),
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
                  num_head_channels=32, spade_hidden=16, groups=8),
 }
