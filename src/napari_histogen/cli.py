@@ -126,7 +126,8 @@ def cmd_schemes(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="histogen",
-        description="napari-histogen, headless: annotated histology samples, format conversion, point layouts.",
+        description="napari-histogen, headless: annotated samples, format conversion, point layouts, NASDM "
+                    "training and synthesis, blinded reader studies.",
     )
     parser.add_argument("--version", action="version", version=f"napari-histogen {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -175,17 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     schemes.add_argument("--add", help="install a scheme file into the user scheme folder")
     schemes.set_defaults(func=cmd_schemes)
 
+    # the engines' and the reader study's verbs live in their own modules
     from .cli_nasdm import add_models_parser, add_synthesize_parser, add_train_parser
+    from .cli_study import add_study_parser
 
     add_train_parser(sub)
     add_synthesize_parser(sub)
     add_models_parser(sub)
-    try:  # the reader-study verbs live in their own module
-        from .cli_study import add_study_parser
-    except ImportError:
-        add_study_parser = None
-    if add_study_parser is not None:
-        add_study_parser(sub)
+    add_study_parser(sub)
     return parser
 
 

@@ -5,12 +5,14 @@ A run folder holds everything about one training run::
     RUN_DIR/run.json                  the training settings and the data summary
     RUN_DIR/log.csv                   step, losses, learning rate, seconds
     RUN_DIR/samples/step_000500.png   sample grids: mask | EMA sample | real patch
-    RUN_DIR/checkpoints/last/         raw + EMA weights, optimizer, step, RNG (to resume)
+    RUN_DIR/checkpoints/last/         raw + EMA weights, optimizer, step (to resume)
     RUN_DIR/model/nasdm.safetensors   the EMA weights for sampling, with nasdm.json (sha256)
 
 Running :func:`train_nasdm` again on the same folder continues from ``checkpoints/last``
 (``steps`` is the total to reach). The batches a step sees do not depend on where a run
-was resumed: the patch order of every epoch comes from ``seed + epoch``.
+was resumed: the patch order of every epoch comes from ``seed + epoch``, and the
+timesteps, noise, condition dropout and augmentations of a step from ``(seed, step)``, so
+a resumed run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -241,13 +243,15 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
     t_start = time.perf_counter()
     last_loss = None
     amp = (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
     window: list[float] = []
     t_window = time.perf_counter()
     model.train()
     try:
         while step < settings.steps:
             check_cancel(cancel)
+            # per-step randomness from (seed, step): a resumed run draws what an uninterrupted one would
+            gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+            torch.manual_seed(settings.seed * 1_000_033 + step)  # the augmentations' RNG
             idx = _batch_indices(step, settings.batch_size, len(dataset), settings.seed)
             items = [dataset[i] for i in idx]
             x0 = torch.stack([it["image"] for it in items]).to(device)
@@ -338,7 +342,6 @@ def _save_state(folder: Path, model, ema, optimizer, step: int) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     _write_json(tmp / "state.json", {"step": step})
     # swap in the new checkpoint only once it is complete
     old = folder.with_name(folder.name + ".old")
@@ -357,8 +360,6 @@ def _load_state(folder: Path, model, ema, optimizer, device) -> int:
         model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
         ema.load_state_dict(load_file(str(folder / "ema.safetensors"), device=str(device)))
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
-        rng = torch.load(folder / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
         return int(json.loads((folder / "state.json").read_text())["step"])
     except Exception as err:  # noqa: BLE001 - any damage means the same advice
         raise HistogenInputError(f"Cannot resume from {folder} ({err}). Move that folder away to start afresh, "
