@@ -29,9 +29,11 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "napari-histogen" in out.stdout
 
 
-def test_demo_headless_writes_samples(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--headless", "--out", str(out)]) == 0
+def test_demo_headless_writes_samples_and_synthesizes(tmp_path, capsys, tiny_nasdm):
+    root = tmp_path / "demo"
+    assert main(["demo", "--headless", "--out", str(root), "--model", str(tiny_nasdm), "--steps", "3",
+                 "--device", "cpu"]) == 0
+    out = root / "samples"
     names = {p.name for p in out.iterdir()}
     for stem in ("ihc_colon", "nucls_test_2"):
         for suffix in (".png", "_overlay.png", ".ome.tif", "_nuclei.geojson", "_provenance.json"):
@@ -44,11 +46,19 @@ def test_demo_headless_writes_samples(tmp_path, capsys):
 
     overlay, image = imread(out / "ihc_colon_overlay.png"), imread(out / "ihc_colon.png")
     assert overlay.shape == image.shape and not np.array_equal(overlay, image)
+    # synthesis: one pair per sample mask, at the model's patch size (32 px for the tiny model)
+    syn = root / "synthetic"
+    pairs = sorted(p.name for p in syn.glob("*_nasdm_s0.png"))
+    assert pairs == ["ihc_nuclei_r192_c192_nasdm_s0.png", "nucls_test_2_nasdm_s0.png"]
+    side = imread(syn / "nucls_test_2_nasdm_s0_side_by_side.png")
+    assert side.shape[0] == 32 and side.shape[1] == 3 * 32 + 2 * 4  # mask | synthetic | real
+    prov = json.loads((syn / "nucls_test_2_nasdm_s0.json").read_text())
+    assert prov["parameters"]["engine"] == "nasdm" and prov["parameters"]["steps"] == 3
 
-
-def test_convert_round_trips_the_demo_output(tmp_path):
-    demo = tmp_path / "demo"
-    main(["demo", "--headless", "--out", str(demo)])
+def test_convert_round_trips_the_demo_output(tmp_path, tiny_nasdm):
+    root = tmp_path / "demo"
+    main(["demo", "--headless", "--out", str(root), "--model", str(tiny_nasdm), "--steps", "2", "--device", "cpu"])
+    demo = root / "samples"
     again = tmp_path / "again"
     assert main(["convert", str(demo / "nucls_test_2.ome.tif"), "--out", str(again)]) == 0
     from napari_histogen.core.io.dispatch import read_annotated
@@ -106,7 +116,8 @@ def test_demo_with_display_opens_napari_with_sample_and_dock(monkeypatch, qtbot)
     viewer = napari.current_viewer()
     try:
         kinds = {layer.metadata.get("histogen", {}).get("kind") for layer in viewer.layers}
-        assert kinds == {"image", "tissue", "nuclei"}
-        assert "Histogen: annotate" in " ".join(viewer.window._dock_widgets)
+        assert kinds == {"image", "nuclei"}
+        docks = " ".join(viewer.window.dock_widgets)
+        assert "Histogen: annotate" in docks and "Histogen: NASDM" in docks
     finally:
         viewer.close()

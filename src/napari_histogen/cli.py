@@ -24,31 +24,57 @@ def _has_display() -> bool:
 
 # -- verbs -------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    """Main job: the samples with their masks, in napari or as files."""
+    """Main job: synthetic H&E patches from the sample masks with the embedded NASDM model.
+
+    Headless: the samples' annotations as files, then one synthetic patch per sample mask
+    (image + mask pairs, mask | synthetic | real PNGs, provenance). With a display: napari
+    with the sample loaded and the NASDM dock ready.
+    """
     gui = args.gui if args.gui is not None else _has_display()
     if gui:
         return _demo_gui()
+    from .core.demo import synthesize_demo
     from .core.io.bundle import write_annotated_bundle
+    from .core.models.registry import list_nasdm_models
     from .core.provenance import make_provenance
     from .core.sample import ihc_sample, nucls_sample
 
     out = Path(args.out)
     for item in (ihc_sample(), nucls_sample()):
-        files = write_annotated_bundle(item, out, provenance=make_provenance("histogen demo"))
+        files = write_annotated_bundle(item, out / "samples", provenance=make_provenance("histogen demo"))
         counts = item.nuclei.counts() if item.nuclei is not None else {}
-        print(f"{item.name}: {item.nuclei.n_nuclei if item.nuclei else 0} nuclei {counts}")
-        for role, path in files.items():
-            print(f"  {role:10s} {path}")
-    print(f"Wrote the samples to {out}/ (open *_overlay.png to see the annotations).")
+        print(f"{item.name}: {item.nuclei.n_nuclei if item.nuclei else 0} nuclei {counts} -> {files['overlay']}")
+    if args.model in (None, "default") and "default" not in list_nasdm_models():
+        print("No embedded NASDM model in this installation: skipped synthesis (pass --model RUN/model).")
+        return 0
+    from .cli_nasdm import _Bar
+
+    bar = _Bar("synthesis", "step")
+    try:
+        written = synthesize_demo(out / "synthetic", model=args.model, steps=args.steps, seed=args.seed,
+                                  device=args.device, progress=bar, log=lambda m: print(m, file=sys.stderr))
+    finally:
+        bar.close()
+    for files in written:
+        print(f"  {files['side_by_side']}")
+    print(f"Wrote the samples and {len(written)} synthetic patches to {out}/ "
+          "(open synthetic/*_side_by_side.png: mask | synthetic | real).")
     return 0
 
 
 def _demo_gui() -> int:
     import napari
 
+    from . import _layers
+    from .core.demo import demo_masks
+
     viewer = napari.Viewer(title="napari-histogen demo")
-    viewer.open_sample("napari-histogen", "ihc")
+    name, mask, real = demo_masks()[0]
+    for data, kwargs, kind in (_layers.image_layer_data(real, f"{name} (20x)", mpp=mask.mpp),
+                               _layers.nuclei_layer_data(mask, f"{name} nuclei (CoNSeP classes, 20x)")):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
     viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: annotate")
+    viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: NASDM")
     napari.run()
     return 0
 
@@ -132,11 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-histogen {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    demo = sub.add_parser("demo", help="main job: the sample data with its masks (napari if a display, else files)",
-                          description="Open napari with the IHC sample and the annotate dock when a display is "
-                                      "present; headless, write both samples (image, masks as OME-TIFF and "
-                                      "GeoJSON, an annotated overlay PNG, provenance) to --out.")
+    demo = sub.add_parser("demo", help="main job: synthetic H&E from the sample masks (napari if a display, else files)",
+                          description="With a display: napari with the NuCLS sample's nuclei (CoNSeP classes, 20x) "
+                                      "and the annotate and NASDM docks. Headless: the samples' annotations "
+                                      "(PNG, overlay, OME-TIFF, GeoJSON, provenance) under OUT/samples, and one "
+                                      "synthetic patch per sample mask from the embedded NASDM model under "
+                                      "OUT/synthetic (image + mask, mask | synthetic | real PNG, provenance).")
     demo.add_argument("--out", default="histogen-demo", help="output folder when headless (default: histogen-demo)")
+    demo.add_argument("--model", default="default", help="NASDM model (default: the embedded one)")
+    demo.add_argument("--steps", type=int, default=None, help="sampling steps (default: 100 on CPU, 250 on CUDA)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto")
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument("--gui", dest="gui", action="store_true", default=None, help="open napari even if no display is detected")
     mode.add_argument("--headless", dest="gui", action="store_false", help="write files even if a display is present")

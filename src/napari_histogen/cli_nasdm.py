@@ -116,7 +116,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="patch overlap")
     p.add_argument("--min-tissue", type=float, default=0.5, help="drop patches with less tissue than this fraction")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share, split by source image")
-    p.add_argument("--stain-norm", default="none", help="none or macenko (to the first training image)")
+    p.add_argument("--stain-norm", default="none", help="none, macenko or vahadane (reference: the image with most tissue)")
     p.add_argument("--scheme", default=None, help="class scheme for formats that do not record one")
     p.add_argument("--init", default=None, help="start from these NASDM weights (fine-tuning)")
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")

@@ -36,6 +36,7 @@ __all__ = [
     "nuclei_to_points",
     "merge_nuclei",
     "relabel_sequential",
+    "remap_classes",
 ]
 
 
@@ -294,3 +295,17 @@ class NucleiMask:
 
     def counts(self) -> dict[str, int]:
         return class_counts(self.classes, self.scheme)
+
+
+def remap_classes(nuclei: "NucleiMask", scheme, mapping: Mapping[int, int], *, default: int | None = None) -> "NucleiMask":
+    """The same nuclei with classes of another scheme: ``mapping`` old class id -> new class id.
+
+    Unclassified nuclei (and classes missing from ``mapping``) take ``default``; with
+    ``default=None`` they stay unclassified. Raises UnknownClassError for targets the new
+    scheme lacks.
+    """
+    table = {}
+    for nid, cls in nuclei.classes.items():
+        new = mapping.get(int(cls), default) if cls != UNCLASSIFIED else default
+        table[int(nid)] = UNCLASSIFIED if new is None else int(new)
+    return NucleiMask.create(nuclei.instances, table, scheme, mpp=nuclei.mpp, metadata=dict(nuclei.metadata))
