@@ -1,0 +1,93 @@
+"""Ship a training run's EMA weights as the embedded default NASDM model (maintainers' tool).
+
+    .venv/bin/python scripts/export_default_model.py RUN_DIR [--dtype fp16] [--check-masks 4 --check-steps 20]
+
+Writes ``src/napari_histogen/models/nasdm_default/nasdm.safetensors`` (+ ``nasdm.json`` and
+``SHA256.json``, which the engine checks on load), recording the run's step, training
+time and log summary in the config. With fp16 it first samples a few validation masks with
+the fp32 and the fp16 weights (same seeds) and prints how far the images differ, so the
+model card can say whether the quality holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = REPO / "src" / "napari_histogen" / "models" / "nasdm_default"
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from napari_histogen.core.engines.nasdm import NasdmEngine, NasdmRequest
+    from napari_histogen.core.masks import NucleiMask
+    from napari_histogen.core.nasdm.checkpoint import file_sha256, load_nasdm, save_nasdm
+    from napari_histogen.core.nasdm.data import build_patch_set
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="training run folder")
+    parser.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"))
+    parser.add_argument("--check-masks", type=int, default=4)
+    parser.add_argument("--check-steps", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    run = Path(args.run)
+    loaded = load_nasdm(run / "model")
+    state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    config = loaded.config
+    config.training.update({
+        "model_id": "nasdm-consep-cpu",
+        "steps": int(state["step"]),
+        "train_seconds_logged": float(rows[-1]["seconds"]) if rows else None,
+        "final_loss_window": float(rows[-1]["loss"]) if rows else None,
+        "settings": {k: settings[k] for k in ("size", "batch_size", "lr", "ema_decay", "cond_drop", "mpp",
+                                               "image_size", "min_tissue", "val_fraction", "seed")},
+        "data": "CoNSeP train split, 256 px patches (research use only; cite HoVer-Net)",
+    })
+    config.training.pop("run", None)
+    dtype = torch.float16 if args.dtype == "fp16" else None
+    TARGET.mkdir(parents=True, exist_ok=True)
+    tmp = TARGET / "_candidate"
+    path = save_nasdm(loaded.model, config, tmp / "nasdm.safetensors", dtype=dtype)
+
+    if dtype is not None and args.check_masks:
+        ps = build_patch_set(config.training.get("data_summary", {}).get("data", ["../shared/data/consep_patches256"])[0],
+                             target_mpp=config.mpp, patch_size=config.image_size, seed=settings["seed"],
+                             val_fraction=settings["val_fraction"], min_tissue=settings["min_tissue"])
+        full = NasdmEngine(run / "model", device="cpu")
+        half = NasdmEngine(path, device="cpu")
+        diffs = []
+        for i, ref in enumerate(ps.val[: args.check_masks]):
+            _, inst, classes = ps.crop(ref)
+            mask = NucleiMask.create(np.ascontiguousarray(inst), classes, config.scheme["name"], mpp=config.mpp)
+            req = NasdmRequest(nuclei=mask, steps=args.check_steps, seed=i)
+            a = full.run(req)[0].image.astype(float)
+            b = half.run(req)[0].image.astype(float)
+            diffs.append((np.abs(a - b).mean(), np.abs(a - b).max()))
+        mean = float(np.mean([d[0] for d in diffs]))
+        print(f"fp16 vs fp32 weights, {len(diffs)} validation masks, {args.check_steps} steps, same seeds: "
+              f"mean |diff| {mean:.2f} grey levels, max {max(d[1] for d in diffs):.0f}")
+        config.training["fp16_check"] = {"masks": len(diffs), "steps": args.check_steps,
+                                         "mean_abs_diff_grey_levels": mean}
+        path = save_nasdm(loaded.model, config, tmp / "nasdm.safetensors", dtype=dtype)
+    for name in ("nasdm.safetensors", "nasdm.json"):
+        (tmp / name).replace(TARGET / name)
+    tmp.rmdir()
+    sha = file_sha256(TARGET / "nasdm.safetensors")
+    (TARGET / "SHA256.json").write_text(json.dumps({"file": "nasdm.safetensors", "sha256": sha}, indent=2) + "\n")
+    print(f"Shipped {TARGET / 'nasdm.safetensors'} ({(TARGET / 'nasdm.safetensors').stat().st_size / 2**20:.1f} MiB, "
+          f"sha256 {sha}) from step {state['step']}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
