@@ -17,7 +17,8 @@ def test_manifest_is_found_and_valid():
     pm.discover()
     manifest = pm.get_manifest("napari-histogen")
     contributions = manifest.contributions
-    assert {w.display_name for w in contributions.widgets} == {"Histogen: annotate", "Histogen: NASDM", "Histogen: reader study"}
+    assert {w.display_name for w in contributions.widgets} == {"Histogen: annotate", "Histogen: NASDM", "Histogen: reader study",
+                                                              "Histogen: appearance transfer"}
     assert {s.key for s in contributions.sample_data} == {"ihc", "nucls"}
     assert len(contributions.readers) == 1 and len(contributions.writers) == 3
     manifest.validate_imports()  # every python_name resolves

@@ -1,4 +1,4 @@
-"""``histogen train nasdm``, ``histogen synthesize nasdm`` and ``histogen models``: NASDM, headless."""
+"""``histogen train nasdm``, ``histogen synthesize nasdm|transfer`` and ``histogen models``, headless."""
 
 from __future__ import annotations
 
@@ -88,6 +88,10 @@ def cmd_models(args) -> int:
     if not models:
         print("No NASDM models installed.")
     print(f"(cache folder: {model_cache_dir()}; put a model's .safetensors + .json in a subfolder there)")
+    from .cli_transfer import sd_model_lines
+
+    for line in sd_model_lines():
+        print(line)
     return 0
 
 
@@ -133,6 +137,9 @@ def add_train_parser(sub) -> None:
 def add_synthesize_parser(sub) -> None:
     synth = sub.add_parser("synthesize", help="synthesize images for masks (nasdm)")
     engines = synth.add_subparsers(dest="engine", metavar="ENGINE", required=True)
+    from .cli_transfer import add_transfer_parser
+
+    add_transfer_parser(engines)
     p = engines.add_parser(
         "nasdm", help="H&E patches that follow nuclei masks, with a NASDM model",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -157,5 +164,8 @@ def add_synthesize_parser(sub) -> None:
 
 
 def add_models_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the synthesis models available offline")
+    from .cli_transfer import add_models_fetch
+
+    p = sub.add_parser("models", help="list the synthesis models available offline (`models fetch`: get SD 1.5)")
     p.set_defaults(func=cmd_models)
+    add_models_fetch(p)  # `histogen models fetch [sd15] [--out DIR] [--variant fp16]`

@@ -1,0 +1,120 @@
+"""The structure image, the flips/rotations of target masks, and resizing to the working size.
+
+The structure branch needs the target mask as an image. Each class is painted flat in one
+colour: by default the mean colour of that class in the source image (``render="mean"``), so
+the structure image already has the source's stain colours where the output should have them
+and its inversion starts the output from plausible colours; label 0 gets the source's
+unlabelled colour (or, without one, the source's mean). Classes the source lacks get their
+class-scheme colour when a scheme is known, else the source's mean colour. ``render="scheme"``
+paints the scheme colours instead (a diagnostic; the output then starts from cartoon colours).
+
+Target masks are augmented as in the paper ("random flips and rotations"): each output draws
+one of the 8 flips/rotations of the square (for non-square masks, one of the 4 that keep the
+shape) from its own seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["class_colours", "render_structure", "AUGMENTATIONS", "augment", "choose_augmentation",
+           "resize_image", "resize_mask", "SLIDE_WHITE"]
+
+SLIDE_WHITE = (235, 235, 235)
+
+AUGMENTATIONS = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "antitranspose")
+_SHAPE_KEEPING = ("identity", "rot180", "flip_lr", "flip_ud")
+
+
+def class_colours(image: np.ndarray, mask: np.ndarray | None) -> dict[int, tuple[int, int, int]]:
+    """Mean RGB colour of each label of ``mask`` in ``image`` (label -> colour); ``-1`` = the whole image."""
+    img = np.asarray(image, dtype=np.float64).reshape(-1, 3)
+    out = {-1: tuple(int(round(v)) for v in img.mean(axis=0))}
+    if mask is None:
+        return out
+    labels = np.asarray(mask).reshape(-1)
+    ids, inverse = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(ids), 3))
+    np.add.at(sums, inverse, img)
+    counts = np.bincount(inverse, minlength=len(ids))[:, None]
+    for cid, colour in zip(ids.tolist(), sums / counts):
+        out[int(cid)] = tuple(int(round(v)) for v in colour)
+    return out
+
+
+def render_structure(target_mask: np.ndarray, colours: dict, *, scheme=None, mode: str = "mean") -> np.ndarray:
+    """The target mask as an RGB image (HxWx3 uint8), each class in one flat colour (see module doc)."""
+    mask = np.asarray(target_mask)
+    ids = np.unique(mask)
+    lut = {}
+    for cid in ids.tolist():
+        colour = None
+        if mode == "scheme":
+            colour = _scheme_colour(scheme, cid)
+        if colour is None:
+            colour = colours.get(cid)
+        if colour is None:
+            colour = _scheme_colour(scheme, cid) if cid else None
+        if colour is None:
+            colour = colours.get(-1, SLIDE_WHITE) if cid else SLIDE_WHITE
+        lut[cid] = colour
+    out = np.zeros((*mask.shape, 3), np.uint8)
+    for cid, colour in lut.items():
+        out[mask == cid] = colour
+    return out
+
+
+def _scheme_colour(scheme, cid):
+    if scheme is None:
+        return None
+    if cid == 0:
+        return SLIDE_WHITE
+    try:
+        return tuple(scheme.color(cid)) if cid in scheme else None
+    except Exception:  # noqa: BLE001 - an unknown id simply has no scheme colour
+        return None
+
+
+def augment(mask: np.ndarray, name: str) -> np.ndarray:
+    """``mask`` flipped/rotated by ``name`` (one of :data:`AUGMENTATIONS`); always a new array."""
+    m = np.asarray(mask)
+    ops = {
+        "identity": lambda a: a,
+        "rot90": lambda a: np.rot90(a, 1),
+        "rot180": lambda a: np.rot90(a, 2),
+        "rot270": lambda a: np.rot90(a, 3),
+        "flip_lr": lambda a: a[:, ::-1],
+        "flip_ud": lambda a: a[::-1, :],
+        "transpose": lambda a: a.T,
+        "antitranspose": lambda a: np.rot90(a, 2).T,
+    }
+    if name not in ops:
+        raise ValueError(f"unknown augmentation {name!r}")
+    return np.ascontiguousarray(ops[name](m))
+
+
+def choose_augmentation(seed: int, shape) -> str:
+    """The flip/rotation output ``k`` uses (drawn from seed ``seed + k``); shape-keeping ones for non-square masks."""
+    choices = AUGMENTATIONS if shape[0] == shape[1] else _SHAPE_KEEPING
+    return choices[int(np.random.default_rng(int(seed)).integers(len(choices)))]
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear (anti-aliased when shrinking) resize of an RGB uint8 image to ``size`` (H, W)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    from skimage.transform import resize
+
+    out = resize(image, (*size, 3), order=1, anti_aliasing=image.shape[0] > size[0], preserve_range=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to ``size`` (H, W)."""
+    mask = np.asarray(mask)
+    if tuple(mask.shape) == tuple(size):
+        return mask
+    h, w = mask.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
+    return mask[np.ix_(rows, cols)]

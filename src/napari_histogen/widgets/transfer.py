@@ -1,0 +1,441 @@
+"""The "Histogen: appearance transfer" dock: a real patch's look on new masks, zero-shot.
+
+Thin by design: it reads the appearance image, its tissue mask and the target mask from
+layers, runs :meth:`TransferEngine.run` in a background thread (progress per step, Cancel),
+and adds each output as an image layer with its (flipped/rotated) target mask below it, in
+columns to the right of the inputs. Nothing is added when a run is cancelled or fails;
+errors become notifications. The Stable Diffusion model is loaded on the first run and kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _layers
+from ..core.errors import HistogenInputError
+from ..core.progress import CancelToken, Cancelled
+from ._guard import guarded, notify_error, notify_info
+
+RESULT_GAP_PX = 8
+NO_MASK = "(none: global AdaIN only)"
+ADAIN_CHOICES = {"per class (paper)": "masked", "global (baseline)": "global", "off": "off"}
+INVERSION_CHOICES = {"edit-friendly DDPM": "edit_friendly", "DDIM": "ddim"}
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(int, int)
+
+
+class TransferWidget(QWidget):
+    """Dock widget: appearance image + its mask + target mask -> labelled in-silico images."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._engines: dict = {}
+        self._worker = None
+        self._cancel: CancelToken | None = None
+        self._napari_progress = None
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self.last_results: list = []
+        self.result_layers: list = []
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The real patch whose stain, scanner and tissue look the outputs take")
+        self.image_combo.currentIndexChanged.connect(lambda _i: self._guess_source_mask())
+        form.addRow("appearance image", self.image_combo)
+        self.source_mask_combo = QComboBox()
+        self.source_mask_combo.setToolTip("The appearance image's own tissue mask (classes matched to the target's by id)")
+        form.addRow("its mask", self.source_mask_combo)
+        self.target_combo = QComboBox()
+        self.target_combo.setToolTip("The mask the new images follow pixel for pixel (any class scheme)")
+        self.target_combo.currentIndexChanged.connect(lambda _i: self._update_classes())
+        form.addRow("target mask", self.target_combo)
+        self.classes_info = QLabel("")
+        self.classes_info.setWordWrap(True)
+        form.addRow("", self.classes_info)
+
+        model_row = QHBoxLayout()
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("default: Stable Diffusion 1.5 ($HISTOGEN_SD_MODEL)")
+        self.model_edit.setToolTip("A model folder, a name in the model cache, or a hub id already in the local "
+                                   "Hugging Face cache. Nothing is downloaded.")
+        self.model_edit.editingFinished.connect(self._update_model_info)
+        browse = QPushButton("Folder…")
+        browse.setToolTip("Choose a Stable Diffusion folder (from `histogen models fetch`)")
+        browse.clicked.connect(self._on_browse_clicked)
+        model_row.addWidget(self.model_edit, 1)
+        model_row.addWidget(browse)
+        form.addRow("model", model_row)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        form.addRow("", self.model_info)
+
+        self.outputs_spin = QSpinBox()
+        self.outputs_spin.setRange(1, 64)
+        self.outputs_spin.setValue(4)
+        self.outputs_spin.setToolTip("Images to make (the paper: 4 per annotated image); output k uses seed + k")
+        form.addRow("outputs", self.outputs_spin)
+        self.augment_check = QCheckBox("random flips/rotations of the target mask")
+        self.augment_check.setChecked(True)
+        form.addRow("", self.augment_check)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(2, 500)
+        self.steps_spin.setValue(100)
+        self.steps_spin.setToolTip("DDIM steps of the chain (the paper: 100)")
+        form.addRow("steps", self.steps_spin)
+        self.skip_spin = QSpinBox()
+        self.skip_spin.setRange(0, 499)
+        self.skip_spin.setValue(32)
+        self.skip_spin.setToolTip("Noisiest steps not run (the reference: 32 of 100); swap and AdaIN ranges count "
+                                  "the steps that run")
+        form.addRow("skip", self.skip_spin)
+        self.contrast_spin = QDoubleSpinBox()
+        self.contrast_spin.setRange(0.0, 10.0)
+        self.contrast_spin.setSingleStep(0.1)
+        self.contrast_spin.setValue(1.67)
+        self.contrast_spin.setToolTip("Attention contrast on the swapped maps (1 = none; 1.67 the reference)")
+        form.addRow("contrast", self.contrast_spin)
+        self.guidance_spin = QDoubleSpinBox()
+        self.guidance_spin.setRange(1.0, 20.0)
+        self.guidance_spin.setSingleStep(0.25)
+        self.guidance_spin.setValue(3.5)
+        self.guidance_spin.setToolTip("Swap guidance at the first step; it falls linearly to half (at least 1)")
+        form.addRow("swap guidance", self.guidance_spin)
+        self.adain_combo = QComboBox()
+        self.adain_combo.addItems(list(ADAIN_CHOICES))
+        self.adain_combo.setToolTip("Per class: one class per step, alternating, each with the source's statistics "
+                                    "of that class (the paper). Global: the baseline.")
+        form.addRow("AdaIN", self.adain_combo)
+        self.inversion_combo = QComboBox()
+        self.inversion_combo.addItems(list(INVERSION_CHOICES))
+        self.inversion_combo.setToolTip("Edit-friendly DDPM inversion (the reference; exact reconstruction) or DDIM")
+        form.addRow("inversion", self.inversion_combo)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        form.addRow("seed", self.seed_spin)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        form.addRow("device", self.device_combo)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_btn = QPushButton("Generate")
+        self.run_btn.clicked.connect(lambda: self.run())
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(lambda: self.cancel())
+        buttons.addWidget(self.run_btn)
+        buttons.addWidget(self.cancel_btn)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        layout.addWidget(self.progress_bar)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._refresh_layers()
+        self._update_model_info()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(lambda _e: self._refresh_layers())
+
+    # -- choices ------------------------------------------------------------------------
+    def _image_layers(self):
+        return [layer for layer in self.viewer.layers if layer.__class__.__name__ == "Image" and layer.rgb
+                and not layer.metadata.get("histogen_transfer_result")]
+
+    def _mask_layers(self):
+        return [layer for layer in self.viewer.layers if layer.__class__.__name__ == "Labels"
+                and _layers.layer_kind(layer) in (None, "tissue") and not layer.metadata.get("histogen_outline")]
+
+    def _refresh_layers(self) -> None:
+        keep = (self.image_combo.currentText(), self.source_mask_combo.currentText(), self.target_combo.currentText())
+        for combo in (self.image_combo, self.source_mask_combo, self.target_combo):
+            combo.blockSignals(True)
+            combo.clear()
+        self.image_combo.addItems([layer.name for layer in self._image_layers()])
+        masks = [layer.name for layer in self._mask_layers()]
+        self.source_mask_combo.addItems([NO_MASK] + masks)
+        self.target_combo.addItems(masks)
+        for combo, name in zip((self.image_combo, self.source_mask_combo, self.target_combo), keep):
+            if name and combo.findText(name) >= 0:
+                combo.setCurrentText(name)
+            combo.blockSignals(False)
+        if not keep[1] or keep[1] == NO_MASK:
+            self._guess_source_mask()
+        if not keep[2] and len(masks) > 1:  # a fresh target: prefer a mask that is not the source's
+            others = [m for m in masks if m != self.source_mask_combo.currentText()]
+            if others:
+                self.target_combo.setCurrentText(others[-1])
+        self._update_classes()
+
+    def _guess_source_mask(self) -> None:
+        """Pick the mask layer named after the appearance image (e.g. 'ihc tissue' for 'ihc')."""
+        image = self.image_combo.currentText()
+        if not image or image not in self.viewer.layers:
+            return
+        shape = np.shape(self.viewer.layers[image].data)[:2]
+        for layer in self._mask_layers():
+            if layer.name.startswith(image) and np.shape(layer.data)[-2:] == shape:
+                self.source_mask_combo.setCurrentText(layer.name)
+                return
+
+    def _update_classes(self) -> None:
+        """Report target classes the source mask lacks (matched by id)."""
+        try:
+            source, target = self._source_mask_layer(), self._target_layer()
+        except HistogenInputError:
+            self.classes_info.setText("")
+            return
+        t_ids = sorted(int(i) for i in np.unique(np.asarray(target.data)) if i)
+        if source is None:
+            self.classes_info.setText(f"target classes {t_ids}; no source mask: global AdaIN only")
+            return
+        s_ids = {int(i) for i in np.unique(np.asarray(source.data))}
+        missing = [c for c in t_ids if c not in s_ids]
+        scheme = _layers.layer_scheme(target) or _layers.layer_scheme(source)
+
+        def name(c):
+            return f"{c} {scheme.name_of(c)}" if scheme is not None and c in scheme else str(c)
+
+        text = f"classes {', '.join(name(c) for c in t_ids if c not in missing)} matched"
+        if missing:
+            text += f"; not in the source mask: {', '.join(name(c) for c in missing)}"
+        self.classes_info.setText(text)
+
+    def set_model(self, spec) -> None:
+        """Use the Stable Diffusion model ``spec`` (a folder, a cached name or a hub id)."""
+        self.model_edit.setText(str(spec))
+        self._update_model_info()
+
+    @guarded
+    def _on_browse_clicked(self, *_):
+        path = QFileDialog.getExistingDirectory(self, "Stable Diffusion model folder")
+        if path:
+            self.set_model(path)
+
+    def _update_model_info(self) -> None:
+        from ..core.models.stable_diffusion import resolve_stable_diffusion
+
+        try:
+            found = resolve_stable_diffusion(self.model_edit.text().strip() or None)  # file system only: instant
+            self.model_info.setText(f"{found.source}: {found.path}")
+        except HistogenInputError as err:
+            self.model_info.setText(str(err))
+
+    # -- running ------------------------------------------------------------------------
+    def _layer(self, combo, what):
+        name = combo.currentText()
+        if not name or name == NO_MASK or name not in self.viewer.layers:
+            raise HistogenInputError(f"Choose the {what} layer.")
+        return self.viewer.layers[name]
+
+    def _target_layer(self):
+        return self._layer(self.target_combo, "target mask")
+
+    def _source_mask_layer(self):
+        name = self.source_mask_combo.currentText()
+        return None if not name or name == NO_MASK else self._layer(self.source_mask_combo, "source mask")
+
+    def settings(self):
+        """The transfer settings the dock's controls describe."""
+        from ..core.transfer.settings import TransferSettings
+
+        start = float(self.guidance_spin.value())
+        return TransferSettings(steps=self.steps_spin.value(), skip_steps=self.skip_spin.value(),
+                                contrast=float(self.contrast_spin.value()), swap_guidance_start=start,
+                                swap_guidance_end=max(start / 2, 1.0),
+                                adain=ADAIN_CHOICES[self.adain_combo.currentText()],
+                                inversion=INVERSION_CHOICES[self.inversion_combo.currentText()]).check()
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    @guarded
+    def run(self):
+        """Start a transfer in the background (returns at once)."""
+        from napari.qt.threading import create_worker
+
+        from ..core.engines.transfer import TransferRequest
+        from ..core.images import to_rgb_uint8
+
+        if self.running:
+            raise HistogenInputError("A transfer is already running; wait for it or press Cancel.")
+        image_layer = self._layer(self.image_combo, "appearance image")
+        target_layer = self._target_layer()
+        source_layer = self._source_mask_layer()
+        if np.asarray(image_layer.data).ndim != 3:
+            raise HistogenInputError(f"'{image_layer.name}' is not a single RGB image (multiscale or stacks are not "
+                                     "supported; crop a patch first).")
+        settings = self.settings()
+        if settings.adain == "masked" and source_layer is None:
+            raise HistogenInputError("Per-class AdaIN needs the appearance image's mask: choose it under 'its mask', "
+                                     "or set AdaIN to global.")
+        scheme = _layers.layer_scheme(target_layer) or (None if source_layer is None else _layers.layer_scheme(source_layer))
+        request = TransferRequest(
+            source_image=to_rgb_uint8(np.asarray(image_layer.data), name=f"image '{image_layer.name}'"),
+            source_mask=None if source_layer is None else np.asarray(source_layer.data),
+            target_mask=np.asarray(target_layer.data), n_outputs=self.outputs_spin.value(),
+            augment=self.augment_check.isChecked(), seed=self.seed_spin.value(), settings=settings,
+            scheme=scheme, source_mpp=_layers.layer_mpp(image_layer), target_mpp=_layers.layer_mpp(target_layer),
+            source_name=image_layer.name, target_name=target_layer.name)
+        request.check()
+        spec, device = self.model_edit.text().strip() or None, self.device_combo.currentText()
+        self._cancel = token = CancelToken()
+        relay = self._relay
+
+        def work():
+            # outcomes come back as values, never as worker errors (napari 0.9's errored hook raises)
+            try:
+                if (spec, device) not in self._engines:
+                    relay.progress.emit(0, 0)  # busy bar while the model loads (first run only)
+                engine = self._engine(spec, device)
+                return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
+            except Cancelled:
+                return "cancelled", None
+            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
+                return "failed", err
+
+        context = (image_layer, target_layer, scheme)
+        self._worker = worker = create_worker(work, _start_thread=False, _connect={
+            "returned": lambda outcome, _c=context: self._on_returned(outcome, _c),
+            "errored": self._on_error,
+            "finished": self._on_worker_done,
+        })
+        self._set_running(True)
+        self.status.setText(f"Making {request.n_outputs} image(s) like '{image_layer.name}' on '{target_layer.name}'…")
+        worker.start()
+        return worker
+
+    def _engine(self, spec, device: str):
+        from ..core.engines.transfer import TransferEngine
+
+        key = (spec, device)
+        if key not in self._engines:
+            self._engines[key] = TransferEngine(spec, device=device)
+        return self._engines[key]
+
+    def cancel(self) -> None:
+        """Stop the running transfer within one denoising step; nothing is added."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.status.setText("Cancelling…")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        if running:
+            from napari.utils import progress
+
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+            self._napari_progress = progress(total=1, desc="Appearance transfer")
+        elif self._napari_progress is not None:
+            self._napari_progress.close()
+            self._napari_progress = None
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress_bar.setRange(0, total)  # (0, 0): busy
+        self.progress_bar.setValue(done)
+        if total <= 0:
+            self.status.setText("Loading the Stable Diffusion model (once per session)…")
+            return
+        if self._napari_progress is not None:
+            self._napari_progress.total = total
+            self._napari_progress.n = done
+            self._napari_progress.refresh()
+
+    def _on_worker_done(self) -> None:
+        self._worker = None
+        self._cancel = None
+        self._set_running(False)
+
+    def _on_error(self, err) -> None:
+        self.status.setText("The transfer failed.")
+        if isinstance(err, HistogenInputError):
+            notify_error(str(err))
+        elif isinstance(err, MemoryError):
+            notify_error("Out of memory: make fewer outputs at once, or use a GPU.")
+        else:
+            import logging
+
+            logging.getLogger("napari_histogen").error("appearance transfer failed", exc_info=err)
+            notify_error(f"The transfer failed: {err}. Details are in the log; please report this with the log attached.")
+
+    def _on_returned(self, outcome, context) -> None:
+        status, value = outcome
+        if status == "failed":
+            self._on_error(value)
+        else:
+            self._on_finished(value, context)
+
+    @guarded
+    def _on_finished(self, results, context) -> None:
+        if results is None:
+            self.status.setText("Cancelled; nothing was added.")
+            notify_info("Appearance transfer cancelled; nothing was added.")
+            return
+        self.last_results = list(results)
+        self._add_result_layers(results, *context)
+        notes = " ".join(dict.fromkeys(n for r in results for n in r.notes))
+        self.status.setText(f"Added {len(results)} image(s), each above its target mask." + (f" {notes}" if notes else ""))
+
+    def _add_result_layers(self, results, image_layer, target_layer, scheme) -> None:
+        mpp = _layers.layer_mpp(target_layer) or _layers.layer_mpp(image_layer) or 1.0
+        origin = np.asarray(target_layer.translate, dtype=float)[-2:]
+        inputs_w = max(np.asarray(target_layer.data).shape[-1], np.asarray(image_layer.data).shape[1])
+        cell = max(max(r.mask.shape) for r in results) + RESULT_GAP_PX
+        first_col = origin[1] + (inputs_w + RESULT_GAP_PX) * mpp
+        for k, result in enumerate(results):
+            seed = result.provenance["parameters"]["seed"]
+            name = f"Transfer {target_layer.name} s{seed}"
+            offset = np.array([origin[0], first_col + k * cell * mpp])
+            data, kwargs, _ = _layers.image_layer_data(result.image, name, mpp=mpp, provenance=result.provenance)
+            kwargs.setdefault("scale", (mpp, mpp))
+            kwargs["metadata"]["histogen_transfer_result"] = True
+            self.result_layers.append(self.viewer.add_image(data, translate=offset, **kwargs))
+            ids = [int(i) for i in np.unique(result.mask) if i]
+            if scheme is not None and all(i in scheme for i in ids):
+                mdata, mkwargs, _ = _layers.tissue_layer_data(result.mask, scheme, f"{name} mask", mpp=mpp,
+                                                              provenance=result.provenance)
+            else:  # classes outside any known scheme: napari's label colours
+                mdata = result.mask.astype(np.int32)
+                mkwargs = {"name": f"{name} mask", "metadata": {"histogen": {
+                    "kind": "tissue", "provenance": result.provenance, "mpp": mpp}}}
+            mkwargs["scale"] = (mpp, mpp)
+            mkwargs["opacity"] = 0.8
+            mkwargs["metadata"]["histogen_outline"] = True  # a result: not offered as an input mask
+            below = offset + np.array([(result.mask.shape[0] + RESULT_GAP_PX) * mpp, 0.0])
+            self.result_layers.append(self.viewer.add_labels(mdata, translate=below, **mkwargs))
+
+    def closeEvent(self, event):  # noqa: N802 - Qt API
+        self.cancel()
+        for engine in self._engines.values():
+            engine.free()
+        super().closeEvent(event)
