@@ -73,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", default="../shared/data/consep_patches256")
     parser.add_argument("--out", default="nasdm-quality")
-    parser.add_argument("--steps", type=int, default=None, help="default: 100 on CPU, 250 on CUDA")
+    parser.add_argument("--steps", type=int, default=None, help="default: 75 on CPU, 250 on CUDA")
     parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

@@ -151,7 +151,7 @@ def add_synthesize_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=1, help="samples per mask")
     p.add_argument("--steps", type=int, default=None,
-                   help="respaced sampling steps (1000 = full chain); default 250 on CUDA, 100 on CPU")
+                   help="respaced sampling steps (1000 = full chain); default 250 on CUDA, 75 on CPU")
     p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale s")
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
     p.add_argument("--seed", type=int, default=0, help="sample k uses seed + k")

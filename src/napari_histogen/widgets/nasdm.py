@@ -95,7 +95,7 @@ class NasdmWidget(QWidget):
         self.steps_spin.setRange(1, 1000)
         self.steps_spin.setValue(_default_steps())
         self.steps_spin.setToolTip("Respaced denoising steps (1000 = full chain; fewer is faster). "
-                                   "Default: 250 with a GPU, 100 on CPU")
+                                   "Default: 250 with a GPU, 75 on CPU")
         form.addRow("steps", self.steps_spin)
         self.samples_spin = QSpinBox()
         self.samples_spin.setRange(1, 64)

@@ -24,7 +24,7 @@ __all__ = ["NasdmRequest", "SynthesisResult", "NasdmEngine", "prepare_mask"]
 
 ENGINE_NAME = "nasdm"
 DEFAULT_STEPS_GPU = 250
-DEFAULT_STEPS_CPU = 100
+DEFAULT_STEPS_CPU = 75
 
 
 def default_steps(device) -> int:
@@ -44,7 +44,7 @@ class NasdmRequest:
         Images to draw for this mask.
     steps : int or None
         Respaced sampling steps (1000 = the full chain). None: :data:`DEFAULT_STEPS_GPU` (250)
-        on CUDA, :data:`DEFAULT_STEPS_CPU` (100) on CPU, where 250 steps of even the 7 M
+        on CUDA, :data:`DEFAULT_STEPS_CPU` (75) on CPU, where 250 steps of even the 7 M
         model take well over a minute.
     guidance : float
         Classifier-free guidance scale (1.5).

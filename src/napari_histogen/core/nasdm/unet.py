@@ -104,8 +104,8 @@ class UNetConfig:
 
 #: Named sizes. "paper" is NASDM's Lizard configuration (453 M parameters at 6 condition
 #: channels); "small" (130 M) suits one GPU; "cpu" (7 M) trains and samples on a
-#: workstation without a GPU (one 128 px patch with guidance in well under a minute at
-#: 100 steps on 2 cores); "tiny" is for tests.
+#: workstation without a GPU (one 128 px patch with guidance in under a minute at 75
+#: steps on 2 cores); "tiny" is for tests.
 PRESETS: dict[str, dict] = {
     "paper": dict(model_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
                   attention_resolutions=(32, 16, 8)),
