@@ -27,8 +27,10 @@ def main():
     viewer = napari.Viewer()
     viewer.window._qt_window.resize(1400, 900)
     name, mask, real = demo_masks()[0]
-    viewer.add_image(*_layers.image_layer_data(real, f"{name} (real, 20x)", mpp=mask.mpp)[:2])
-    viewer.add_labels(*_layers.nuclei_layer_data(mask, f"{name} nuclei")[:2])
+    data, kwargs, _ = _layers.image_layer_data(real, f"{name} (real, 20x)", mpp=mask.mpp)
+    viewer.add_image(data, **kwargs)
+    data, kwargs, _ = _layers.nuclei_layer_data(mask, f"{name} nuclei")
+    viewer.add_labels(data, **kwargs)
     widget = NasdmWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Histogen: NASDM")
     widget.mask_combo.setCurrentText(f"{name} nuclei")
