@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,7 +29,8 @@ from qtpy.QtWidgets import (
 from .. import _layers
 from ..core.errors import HistogenInputError
 from ..core.progress import CancelToken, Cancelled
-from ._guard import guarded, notify_error, notify_info
+from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
+from ._runner import BackgroundRunMixin
 
 RESULT_GAP_PX = 8  # space between a mask and its results on the canvas
 
@@ -43,24 +43,17 @@ def _default_steps() -> int:
     return DEFAULT_STEPS_GPU if torch.cuda.is_available() else DEFAULT_STEPS_CPU
 
 
-class _Relay(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued signal)."""
-
-    progress = Signal(int, int)
-
-
-class NasdmWidget(QWidget):
+class NasdmWidget(BackgroundRunMixin, QWidget):
     """Dock widget: nuclei mask layer + model + settings -> synthetic patches."""
+    RUN_TITLE = "NASDM synthesis"
+    FAILED_TEXT = "Synthesis failed"
+    OOM_HINT = "Out of memory: use fewer samples, or a GPU."
 
     def __init__(self, napari_viewer):
         super().__init__()
+        self._init_runner()
         self.viewer = napari_viewer
         self._engines: dict = {}
-        self._worker = None
-        self._cancel: CancelToken | None = None
-        self._napari_progress = None
-        self._relay = _Relay()
-        self._relay.progress.connect(self._on_progress)
         self.last_results: list = []
         self.outline_layers: list = []
 
@@ -204,10 +197,6 @@ class NasdmWidget(QWidget):
             raise HistogenInputError("Choose a nuclei mask layer (paint one with the annotate dock, or open a mask).")
         return self.viewer.layers[name]
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
     @guarded
     def run(self):
         """Start a synthesis run in the background (returns at once)."""
@@ -257,57 +246,6 @@ class NasdmWidget(QWidget):
         if key not in self._engines:
             self._engines[key] = NasdmEngine(spec, device=device)
         return self._engines[key]
-
-    def cancel(self) -> None:
-        """Stop the running synthesis within one denoising step; nothing is added."""
-        if self._cancel is not None:
-            self._cancel.cancel()
-            self.status.setText("Cancelling…")
-
-    def _set_running(self, running: bool) -> None:
-        self.run_btn.setEnabled(not running)
-        self.cancel_btn.setEnabled(running)
-        if running:
-            from napari.utils import progress
-
-            self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(0)
-            self._napari_progress = progress(total=1, desc="NASDM synthesis")
-        elif self._napari_progress is not None:
-            self._napari_progress.close()
-            self._napari_progress = None
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(done)
-        if self._napari_progress is not None:
-            self._napari_progress.total = total
-            self._napari_progress.n = done
-            self._napari_progress.refresh()
-
-    def _on_worker_done(self) -> None:
-        self._worker = None
-        self._cancel = None
-        self._set_running(False)
-
-    def _on_error(self, err) -> None:
-        self.status.setText("Synthesis failed.")
-        if isinstance(err, HistogenInputError):
-            notify_error(str(err))
-        elif isinstance(err, MemoryError):
-            notify_error("Out of memory: use fewer samples, or a GPU.")
-        else:
-            import logging
-
-            logging.getLogger("napari_histogen").error("NASDM synthesis failed", exc_info=err)
-            notify_error(f"Synthesis failed: {err}. Details are in the log; please report this with the log attached.")
-
-    def _on_returned(self, outcome, mask_layer) -> None:
-        status, value = outcome
-        if status == "failed":
-            self._on_error(value)
-        else:
-            self._on_finished(value, mask_layer)
 
     @guarded
     def _on_finished(self, results, mask_layer) -> None:

@@ -10,7 +10,6 @@ errors become notifications. The Stable Diffusion model is loaded on the first r
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,7 +29,8 @@ from qtpy.QtWidgets import (
 from .. import _layers
 from ..core.errors import HistogenInputError
 from ..core.progress import CancelToken, Cancelled
-from ._guard import guarded, notify_error, notify_info
+from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
+from ._runner import BackgroundRunMixin
 
 RESULT_GAP_PX = 8
 NO_MASK = "(none: global AdaIN only)"
@@ -38,24 +38,17 @@ ADAIN_CHOICES = {"per class (paper)": "masked", "global (baseline)": "global", "
 INVERSION_CHOICES = {"edit-friendly DDPM": "edit_friendly", "DDIM": "ddim"}
 
 
-class _Relay(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued signal)."""
-
-    progress = Signal(int, int)
-
-
-class TransferWidget(QWidget):
+class TransferWidget(BackgroundRunMixin, QWidget):
     """Dock widget: appearance image + its mask + target mask -> labelled in-silico images."""
+    RUN_TITLE = "Appearance transfer"
+    FAILED_TEXT = "The transfer failed"
+    OOM_HINT = "Out of memory: make fewer outputs at once, or use a GPU."
 
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
         self._engines: dict = {}
-        self._worker = None
-        self._cancel: CancelToken | None = None
-        self._napari_progress = None
-        self._relay = _Relay()
-        self._relay.progress.connect(self._on_progress)
+        self._init_runner()
         self.last_results: list = []
         self.result_layers: list = []
 
@@ -273,10 +266,6 @@ class TransferWidget(QWidget):
                                 adain=ADAIN_CHOICES[self.adain_combo.currentText()],
                                 inversion=INVERSION_CHOICES[self.inversion_combo.currentText()]).check()
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
     @guarded
     def run(self):
         """Start a transfer in the background (returns at once)."""
@@ -341,59 +330,13 @@ class TransferWidget(QWidget):
             self._engines[key] = TransferEngine(spec, device=device)
         return self._engines[key]
 
-    def cancel(self) -> None:
-        """Stop the running transfer within one denoising step; nothing is added."""
-        if self._cancel is not None:
-            self._cancel.cancel()
-            self.status.setText("Cancelling…")
-
-    def _set_running(self, running: bool) -> None:
-        self.run_btn.setEnabled(not running)
-        self.cancel_btn.setEnabled(running)
-        if running:
-            from napari.utils import progress
-
-            self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(0)
-            self._napari_progress = progress(total=1, desc="Appearance transfer")
-        elif self._napari_progress is not None:
-            self._napari_progress.close()
-            self._napari_progress = None
-
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, total)  # (0, 0): busy
         self.progress_bar.setValue(done)
         if total <= 0:
             self.status.setText("Loading the Stable Diffusion model (once per session)…")
             return
-        if self._napari_progress is not None:
-            self._napari_progress.total = total
-            self._napari_progress.n = done
-            self._napari_progress.refresh()
-
-    def _on_worker_done(self) -> None:
-        self._worker = None
-        self._cancel = None
-        self._set_running(False)
-
-    def _on_error(self, err) -> None:
-        self.status.setText("The transfer failed.")
-        if isinstance(err, HistogenInputError):
-            notify_error(str(err))
-        elif isinstance(err, MemoryError):
-            notify_error("Out of memory: make fewer outputs at once, or use a GPU.")
-        else:
-            import logging
-
-            logging.getLogger("napari_histogen").error("appearance transfer failed", exc_info=err)
-            notify_error(f"The transfer failed: {err}. Details are in the log; please report this with the log attached.")
-
-    def _on_returned(self, outcome, context) -> None:
-        status, value = outcome
-        if status == "failed":
-            self._on_error(value)
-        else:
-            self._on_finished(value, context)
+        self._update_napari_progress(done, total)
 
     @guarded
     def _on_finished(self, results, context) -> None:
