@@ -47,12 +47,12 @@ def cmd_demo(args) -> int:
     if args.model in (None, "default") and "default" not in list_nasdm_models():
         print("No embedded NASDM model in this installation: skipped synthesis (pass --model RUN/model).")
         return 0
-    from .cli_nasdm import _Bar
+    from .cli_common import ProgressBar, eprint
 
-    bar = _Bar("synthesis", "step")
+    bar = ProgressBar("synthesis", "step")
     try:
         written = synthesize_demo(out / "synthetic", model=args.model, steps=args.steps, seed=args.seed,
-                                  device=args.device, progress=bar, log=lambda m: print(m, file=sys.stderr))
+                                  device=args.device, progress=bar, log=eprint)
     finally:
         bar.close()
     for files in written:
@@ -148,6 +148,37 @@ def cmd_schemes(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    """List the models every engine of the registry can use without a network."""
+    from .core.engines.base import ENGINES
+
+    for info in ENGINES.values():
+        for line in info.model_lines():
+            print(line)
+    return 0
+
+
+def add_synthesize_parser(sub) -> None:
+    """``histogen synthesize ENGINE``: one sub-command per engine of the registry."""
+    from .cli_nasdm import add_nasdm_parser
+    from .cli_transfer import add_transfer_parser
+    from .core.engines.base import ENGINES
+
+    synth = sub.add_parser("synthesize", help=f"synthesize images for masks ({', '.join(ENGINES)})")
+    engines = synth.add_subparsers(dest="engine", metavar="ENGINE", required=True)
+    adders = {"nasdm": add_nasdm_parser, "transfer": add_transfer_parser}
+    for name in ENGINES:
+        adders[name](engines)
+
+
+def add_models_parser(sub) -> None:
+    from .cli_transfer import add_models_fetch
+
+    p = sub.add_parser("models", help="list the synthesis models available offline (`models fetch`: get SD 1.5)")
+    p.set_defaults(func=cmd_models)
+    add_models_fetch(p)  # `histogen models fetch [sd15] [--out DIR] [--variant fp16]`
+
+
 # -- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -209,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     schemes.set_defaults(func=cmd_schemes)
 
     # the engines' and the reader study's verbs live in their own modules
-    from .cli_nasdm import add_models_parser, add_synthesize_parser, add_train_parser
+    from .cli_nasdm import add_train_parser
     from .cli_study import add_study_parser
 
     add_train_parser(sub)

@@ -1,31 +1,16 @@
-"""``histogen train nasdm``, ``histogen synthesize nasdm|transfer`` and ``histogen models``, headless."""
+"""``histogen train nasdm`` and ``histogen synthesize nasdm``, headless.
+
+``cli.py`` wires them: :func:`add_train_parser` under ``histogen``, :func:`add_nasdm_parser`
+under the engines of ``histogen synthesize``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-__all__ = ["add_train_parser", "add_synthesize_parser", "add_models_parser"]
+from .cli_common import ProgressBar, add_device_options, defaults_of, eprint
 
-
-class _Bar:
-    """A tqdm progress bar on stderr driven by ``(done, total)`` callbacks."""
-
-    def __init__(self, desc: str, unit: str):
-        self.desc, self.unit, self.bar = desc, unit, None
-
-    def __call__(self, done: int, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True,
-                            initial=max(done - 1, 0))
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+__all__ = ["add_train_parser", "add_nasdm_parser", "cmd_synthesize_nasdm", "cmd_train_nasdm"]
 
 
 def cmd_train_nasdm(args) -> int:
@@ -40,9 +25,9 @@ def cmd_train_nasdm(args) -> int:
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps,
         device=args.device, precision=args.precision, seed=args.seed, scheme=args.scheme, source_mpp=args.source_mpp,
         workers=args.workers, max_patches=args.max_patches)
-    bar = _Bar("training", "step")
+    bar = ProgressBar("training", "step")
     try:
-        result = train_nasdm(settings, progress=bar, log=lambda msg: print(msg, file=sys.stderr))
+        result = train_nasdm(settings, progress=bar, log=eprint)
     finally:
         bar.close()
     print(f"Trained to step {result.step} in {result.seconds:.0f} s (last loss {result.last_loss}).")
@@ -55,20 +40,21 @@ def cmd_train_nasdm(args) -> int:
 
 def cmd_synthesize_nasdm(args) -> int:
     """Synthesize images for nuclei masks with a NASDM model."""
-    from .core.engines.nasdm import NasdmEngine
-    from .core.nasdm.batch import collect_masks, synthesize_masks
+    from .core.engines.batch import collect_masks, synthesize_masks
+    from .core.engines.nasdm import NasdmEngine, NasdmRequest
 
     paths = collect_masks(args.mask)
+    request = NasdmRequest(n_samples=args.n, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                           variance=args.variance, seed=args.seed, batch_size=args.batch_size)
     engine = NasdmEngine(args.model, device=args.device, precision=args.precision)
     info = engine.describe()
-    print(f"Model {info['model']} ({info['weights']}, sha256 {info['sha256'][:12]}..."
-          f"{' checked' if info['sha256_checked'] else ''}), scheme {info['scheme']}, {info['image_size']} px "
-          f"at {info['mpp']:g} µm/px, device {engine.device}.", file=sys.stderr)
-    bar = _Bar("synthesis", "step")
+    eprint(f"Model {info['model']} ({info['weights']}, sha256 {info['sha256'][:12]}..."
+           f"{' checked' if info['sha256_checked'] else ''}), scheme {info['scheme']}, {info['image_size']} px "
+           f"at {info['mpp']:g} µm/px, device {engine.device}.")
+    bar = ProgressBar("synthesis", "step")
     try:
-        report = synthesize_masks(paths, args.out, engine, n_samples=args.n, steps=args.steps, guidance=args.guidance,
-                                  sampler=args.sampler, seed=args.seed, batch_size=args.batch_size, tile=args.tile,
-                                  scheme=args.scheme, progress=bar, log=lambda msg: print(msg, file=sys.stderr))
+        report = synthesize_masks(paths, args.out, engine, request, tile=args.tile, scheme=args.scheme, progress=bar,
+                                  log=eprint)
     finally:
         bar.close()
     print(f"Wrote {len(report.written)} image + mask pairs to {args.out}"
@@ -76,23 +62,6 @@ def cmd_synthesize_nasdm(args) -> int:
     for path, reason in report.skipped:
         print(f"  {path}: {reason}")
     return 0 if report.written else 2
-
-
-def cmd_models(args) -> int:
-    """List the NASDM models this installation can use without a network."""
-    from .core.models.registry import list_nasdm_models, model_cache_dir
-
-    models = list_nasdm_models()
-    for name, path in models.items():
-        print(f"{name:20s} {path}")
-    if not models:
-        print("No NASDM models installed.")
-    print(f"(cache folder: {model_cache_dir()}; put a model's .safetensors + .json in a subfolder there)")
-    from .cli_transfer import sd_model_lines
-
-    for line in sd_model_lines():
-        print(line)
-    return 0
 
 
 def add_train_parser(sub) -> None:
@@ -134,12 +103,11 @@ def add_train_parser(sub) -> None:
     p.set_defaults(func=cmd_train_nasdm)
 
 
-def add_synthesize_parser(sub) -> None:
-    synth = sub.add_parser("synthesize", help="synthesize images for masks (nasdm)")
-    engines = synth.add_subparsers(dest="engine", metavar="ENGINE", required=True)
-    from .cli_transfer import add_transfer_parser
+def add_nasdm_parser(engines) -> None:
+    """Add ``nasdm`` to the engines of ``histogen synthesize`` (defaults: :class:`NasdmRequest`'s)."""
+    from .core.engines.nasdm import DEFAULT_STEPS_CPU, DEFAULT_STEPS_GPU, SAMPLERS, VARIANCES, NasdmRequest
 
-    add_transfer_parser(engines)
+    d = defaults_of(NasdmRequest)
     p = engines.add_parser(
         "nasdm", help="H&E patches that follow nuclei masks, with a NASDM model",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -149,23 +117,17 @@ def add_synthesize_parser(sub) -> None:
     p.add_argument("--mask", required=True, help="mask file or folder")
     p.add_argument("--model", default="default", help="'default' (embedded), a cached model name, or a model path")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=1, help="samples per mask")
-    p.add_argument("--steps", type=int, default=None,
-                   help="respaced sampling steps (1000 = full chain); default 250 on CUDA, 75 on CPU")
-    p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale s")
-    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
-    p.add_argument("--seed", type=int, default=0, help="sample k uses seed + k")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n", type=int, default=d["n_samples"], help="samples per mask")
+    p.add_argument("--steps", type=int, default=d["steps"],
+                   help=f"respaced sampling steps (1000 = full chain); default {DEFAULT_STEPS_GPU} on CUDA, "
+                        f"{DEFAULT_STEPS_CPU} on CPU")
+    p.add_argument("--guidance", type=float, default=d["guidance"], help="classifier-free guidance scale s")
+    p.add_argument("--sampler", default=d["sampler"], choices=SAMPLERS)
+    p.add_argument("--variance", default=d["variance"], choices=VARIANCES,
+                   help="variance of the DDPM step (default: the model's recommended one)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="sample k uses seed + k")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--tile", action="store_true", help="cut masks larger than the model's patch into tiles")
     p.add_argument("--scheme", default=None, help="class scheme for mask files that do not record one")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16, fp16")
+    add_device_options(p)
     p.set_defaults(func=cmd_synthesize_nasdm)
-
-
-def add_models_parser(sub) -> None:
-    from .cli_transfer import add_models_fetch
-
-    p = sub.add_parser("models", help="list the synthesis models available offline (`models fetch`: get SD 1.5)")
-    p.set_defaults(func=cmd_models)
-    add_models_fetch(p)  # `histogen models fetch [sd15] [--out DIR] [--variant fp16]`

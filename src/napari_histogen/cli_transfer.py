@@ -1,14 +1,18 @@
 """``histogen synthesize transfer`` and ``histogen models fetch``: zero-shot appearance transfer, headless.
 
-Wiring (in ``cli_nasdm.py``): ``add_synthesize_parser`` calls ``add_transfer_parser(engines)``
-with its engines sub-parsers; ``add_models_parser`` calls ``add_models_fetch(p)`` with the
-``models`` parser (it adds a ``fetch`` sub-command; ``histogen models`` alone still lists).
+Wiring (in ``cli.py``): the ``synthesize`` parser calls ``add_transfer_parser(engines)`` with its
+engines sub-parsers; the ``models`` parser calls ``add_models_fetch(p)`` (it adds a ``fetch``
+sub-command; ``histogen models`` alone still lists). Defaults come from
+:class:`~napari_histogen.core.engines.transfer.TransferRequest` and
+:class:`~napari_histogen.core.transfer.settings.TransferSettings`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
+
+from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, scheme_or_none
 
 __all__ = ["add_transfer_parser", "add_models_fetch", "cmd_synthesize_transfer", "cmd_models_fetch",
            "sd_model_lines"]
@@ -28,11 +32,10 @@ def _settings_from_args(args):
 
 def cmd_synthesize_transfer(args) -> int:
     """Appearance transfer for one source + target mask, or for a dataset folder."""
-    from .cli_nasdm import _Bar
     from .core.engines.transfer import TransferEngine, TransferRequest
     from .core.errors import HistogenInputError
     from .core.io.pairs import read_rgb_image
-    from .core.io.tissue import read_label_map, write_transfer_result
+    from .core.io.tissue import read_tissue_mask, write_transfer_result
 
     single = args.source is not None or args.target_mask is not None
     if single and args.dataset:
@@ -40,46 +43,48 @@ def cmd_synthesize_transfer(args) -> int:
                                  "(a folder of image + mask pairs), not both.")
     if not single and not args.dataset:
         raise HistogenInputError("Give --source IMG --source-mask M --target-mask M2, or --dataset DIR.")
-    settings = _settings_from_args(args)
+    request = TransferRequest(n_outputs=args.n, augment=not args.no_augment, seed=args.seed,
+                              settings=_settings_from_args(args))
     if single:
         if args.source is None or args.target_mask is None:
             raise HistogenInputError("One-source mode needs --source IMG and --target-mask M2 (and --source-mask M "
                                      "for mask-guided AdaIN).")
-        source = read_rgb_image(args.source, name="source image")
-        source_mask = info = None
+        scheme = scheme_or_none(args.scheme)
+        source_mask = None
         if args.source_mask:
-            source_mask, info = read_label_map(args.source_mask, name="source mask")
-        target_mask, tinfo = read_label_map(args.target_mask, name="target mask")
-        scheme = _scheme(args.scheme or (info or {}).get("scheme") or tinfo.get("scheme"))
+            source_mask = read_tissue_mask(args.source_mask, name="source mask", scheme=scheme)
+        target = read_tissue_mask(args.target_mask, name="target mask", scheme=scheme)
+        # one scheme names the classes of both masks: the option, else the source's, else the target's
+        scheme = scheme or (source_mask.scheme if source_mask is not None else None) or target.scheme
+        target.scheme, target.name = scheme, str(args.target_mask)
+        if source_mask is not None:
+            source_mask.scheme = scheme
+        request.source_image = read_rgb_image(args.source, name="source image")
+        request.source_mask, request.target_masks, request.source_name = source_mask, [target], str(args.source)
+        request.check()
     engine = TransferEngine(args.model, device=args.device, precision=args.precision)
     info_model = engine.describe()
-    print(f"Model {info_model['model']} ({info_model['path']}, unet sha256 {str(info_model['sha256'])[:12]}...), "
-          f"{info_model['native_size']} px, device {engine.device}, {info_model['dtype']}.", file=sys.stderr)
-    bar = _Bar("transfer", "step")
+    eprint(f"Model {info_model['model']} ({info_model['path']}, unet sha256 {str(info_model['sha256'])[:12]}...), "
+           f"{info_model['native_size']} px, device {engine.device}, {info_model['dtype']}.")
+    bar = ProgressBar("transfer", "step")
     try:
         if single:
-            request = TransferRequest(source_image=source, source_mask=source_mask, target_mask=target_mask,
-                                      n_outputs=args.n, augment=not args.no_augment, seed=args.seed, settings=settings,
-                                      scheme=scheme, source_name=str(args.source), target_name=str(args.target_mask))
             results = engine.run(request, progress=bar)
-            from pathlib import Path
-
             stem = Path(args.source).stem
             written = []
             for k, result in enumerate(results):
                 files = write_transfer_result(args.out, f"{stem}_transfer_s{args.seed + k}", result.image, result.mask,
-                                              result.provenance, source=source, scheme=scheme)
+                                              result.provenance, source=request.source_image)
                 written.append(files)
             bar.close()
             for note in dict.fromkeys(n for r in results for n in r.notes):
-                print(f"note: {note}", file=sys.stderr)
+                eprint(f"note: {note}")
             print(f"Wrote {len(written)} image + mask pair(s) to {args.out}.")
             return 0
-        from .core.transfer.batch import transfer_folder
+        from .core.engines.batch import transfer_folder
 
-        report = transfer_folder(args.dataset, args.out, engine, n=args.n, seed=args.seed, settings=settings,
-                                 targets=args.targets, augment=not args.no_augment, scheme=_scheme(args.scheme),
-                                 progress=bar, log=lambda msg: print(msg, file=sys.stderr))
+        report = transfer_folder(args.dataset, args.out, engine, request, targets=args.targets,
+                                 scheme=scheme_or_none(args.scheme), progress=bar, log=eprint)
     finally:
         bar.close()
     print(f"Wrote {len(report.written)} image + mask pairs to {args.out}"
@@ -89,17 +94,14 @@ def cmd_synthesize_transfer(args) -> int:
     return 0 if report.written else 2
 
 
-def _scheme(spec):
-    if not spec:
-        return None
-    from .core.schemes import get_scheme
-
-    return get_scheme(spec)
-
-
 def add_transfer_parser(engines) -> None:
     """Add ``transfer`` to the engines of ``histogen synthesize``."""
-    from .core.transfer.settings import DEFAULT_PROMPT
+    from .core.engines.transfer import TransferRequest
+    from .core.transfer.settings import ADAIN_MODES, INVERSIONS, RENDER_MODES, TransferSettings
+
+    d = defaults_of(TransferRequest)
+    st = defaults_of(TransferSettings)
+    swaps = {r.tokens: [r.start, r.end] for r in st["swap_ranges"]}
 
     p = engines.add_parser(
         "transfer", help="zero-shot appearance transfer: a real patch's look on new masks (Stable Diffusion 1.5)",
@@ -118,34 +120,35 @@ def add_transfer_parser(engines) -> None:
     data.add_argument("--dataset", default=None, help="folder of pairs: images/ + masks/, or <name>.png + <name>_mask.png")
     data.add_argument("--targets", default=None, help="folder of target masks (default: the dataset's other masks)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=4, help="images per source (the paper: 4)")
-    p.add_argument("--seed", type=int, default=0, help="output k uses seed + k (its flip/rotation and inversion noise)")
+    p.add_argument("--n", type=int, default=d["n_outputs"], help="images per source (the paper: 4)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="output k uses seed + k (its flip/rotation and inversion noise)")
     p.add_argument("--no-augment", action="store_true", help="use the target masks as they are (no flips/rotations)")
     p.add_argument("--model", default=None, help="model folder, cached name, or hub id in the local HF cache "
                                                  "(default $HISTOGEN_SD_MODEL or stable-diffusion-v1-5)")
-    p.add_argument("--steps", type=int, default=100, help="DDIM steps of the chain")
-    p.add_argument("--skip", type=int, default=32, help="noisiest steps not run")
-    p.add_argument("--inversion", default="edit-friendly", choices=("edit-friendly", "ddim"))
-    p.add_argument("--inversion-guidance", type=float, default=3.5, help="text guidance while inverting")
-    p.add_argument("--swap-32", type=int, nargs=2, default=[10, 70], metavar=("START", "END"),
+    p.add_argument("--steps", type=int, default=st["steps"], help="DDIM steps of the chain")
+    p.add_argument("--skip", type=int, default=st["skip_steps"], help="noisiest steps not run")
+    p.add_argument("--inversion", default=st["inversion"].replace("_", "-"),
+                   choices=tuple(i.replace("_", "-") for i in INVERSIONS))
+    p.add_argument("--inversion-guidance", type=float, default=st["inversion_guidance"], help="text guidance while inverting")
+    p.add_argument("--swap-32", type=int, nargs=2, default=swaps[32], metavar=("START", "END"),
                    help="steps of the key/value swap at 32x32 tokens")
-    p.add_argument("--swap-64", type=int, nargs=2, default=[10, 90], metavar=("START", "END"),
+    p.add_argument("--swap-64", type=int, nargs=2, default=swaps[64], metavar=("START", "END"),
                    help="steps of the key/value swap at 64x64 tokens")
     p.add_argument("--no-swap", action="store_true", help="no cross-image attention (diagnostic)")
-    p.add_argument("--contrast", type=float, default=1.67, help="attention contrast on the swapped maps")
-    p.add_argument("--swap-guidance", type=float, nargs=2, default=[3.5, 1.75], metavar=("FIRST", "LAST"),
+    p.add_argument("--contrast", type=float, default=st["contrast"], help="attention contrast on the swapped maps")
+    p.add_argument("--swap-guidance", type=float, nargs=2, default=[st["swap_guidance_start"], st["swap_guidance_end"]], metavar=("FIRST", "LAST"),
                    help="swap guidance, linear over the steps run")
-    p.add_argument("--adain", default="masked", choices=("masked", "global", "off"),
+    p.add_argument("--adain", default=st["adain"], choices=ADAIN_MODES,
                    help="masked = per class, alternating (the paper); global = the baseline")
-    p.add_argument("--adain-steps", type=int, nargs=2, default=[20, 100], metavar=("START", "END"))
-    p.add_argument("--render", default="mean", choices=("mean", "scheme"),
+    p.add_argument("--adain-steps", type=int, nargs=2, default=[st["adain_start"], st["adain_end"]],
+                   metavar=("START", "END"))
+    p.add_argument("--render", default=st["render"], choices=RENDER_MODES,
                    help="structure image colours: class means of the source, or the scheme's")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the sentence for all branches")
-    p.add_argument("--size", type=int, default=None, help="working size in px (default: the model's, 512)")
-    p.add_argument("--batch-targets", type=int, default=0, help="targets denoised together (0 = 4 on CUDA, 1 on CPU)")
+    p.add_argument("--prompt", default=st["prompt"], help="the sentence for all branches")
+    p.add_argument("--size", type=int, default=st["size"], help="working size in px (default: the model's, 512)")
+    p.add_argument("--batch-targets", type=int, default=st["batch_targets"], help="targets denoised together (0 = 4 on CUDA, 1 on CPU)")
     p.add_argument("--scheme", default=None, help="class scheme of the masks (names, colours), e.g. tissue")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16, fp16")
+    add_device_options(p)
     p.set_defaults(func=cmd_synthesize_transfer)
 
 
@@ -154,7 +157,7 @@ def cmd_models_fetch(args) -> int:
     from .core.models.stable_diffusion import fetch_stable_diffusion
 
     path = fetch_stable_diffusion(args.model, args.out, variant=args.variant,
-                                  log=lambda msg: print(msg, file=sys.stderr))
+                                  log=eprint)
     print(f"Stable Diffusion is in {path}. Copy this folder to the workstation and choose it as the model "
           f"(dock: 'Folder…'; CLI: --model {path}), or put it in the model cache there.")
     return 0
@@ -178,12 +181,6 @@ def add_models_fetch(models_parser) -> None:
 
 def sd_model_lines() -> list[str]:
     """Lines for ``histogen models``: the Stable Diffusion models usable offline, and where to put more."""
-    from .core.models.stable_diffusion import list_sd_models, sd_cache_dir
+    from .core.engines.transfer import model_lines
 
-    models = list_sd_models()
-    lines = [f"{name:20s} {path}  (stable diffusion)" for name, path in models.items()]
-    if not models:
-        lines.append("No Stable Diffusion model on this machine (appearance transfer): run `histogen models fetch` "
-                     "where there is internet and copy the folder here.")
-    lines.append(f"(Stable Diffusion cache folder: {sd_cache_dir()})")
-    return lines
+    return model_lines()

@@ -6,7 +6,10 @@ import numpy as np
 
 from .errors import HistogenInputError
 
-__all__ = ["to_rgb_uint8", "MAX_IMAGE_PIXELS"]
+__all__ = ["to_rgb_uint8", "resize_image", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES"]
+
+#: File endings of the plain images the product reads (lower case; the one list of them).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 #: Largest image (in pixels) that the interactive tools accept in one piece. A 2-core
 #: workstation annotating a 40x whole-slide region beyond this would stall; such images
@@ -104,3 +107,13 @@ def _to_unit_range(arr: np.ndarray, name: str) -> np.ndarray:
             return arr.astype(np.float32) / 255.0
         raise HistogenInputError(f"The {name} is float with maximum {hi:g}; expected 0..1 or 0..255.")
     raise HistogenInputError(f"The {name} has dtype {arr.dtype}, which is not an image type.")
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear (anti-aliased when shrinking) resize of an RGB uint8 image to ``size`` (H, W)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    from skimage.transform import resize
+
+    out = resize(image, (*size, 3), order=1, anti_aliasing=image.shape[0] > size[0], preserve_range=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -6,7 +6,8 @@ Conventions (see the README's data conventions table):
   ids need not be contiguous;
 - a *class table* maps instance id -> class id of the mask's scheme (0 = unclassified);
 - a *type map* (semantic map) is ``HxW int32`` holding the class id of every pixel;
-- a *tissue mask* is a type map of a ``tissue`` scheme.
+- a *tissue mask* (:class:`TissueMask`) is a semantic map of class ids (0 = unlabelled), with
+  an optional scheme giving the classes names and colours.
 
 No function here modifies its inputs.
 """
@@ -37,6 +38,12 @@ __all__ = [
     "merge_nuclei",
     "relabel_sequential",
     "remap_classes",
+    "resize_labels",
+    "resample_nuclei",
+    "TissueMask",
+    "ClassMatch",
+    "match_classes",
+    "describe_class",
 ]
 
 
@@ -309,3 +316,113 @@ def remap_classes(nuclei: "NucleiMask", scheme, mapping: Mapping[int, int], *, d
         new = mapping.get(int(cls), default) if cls != UNCLASSIFIED else default
         table[int(nid)] = UNCLASSIFIED if new is None else int(new)
     return NucleiMask.create(nuclei.instances, table, scheme, mpp=nuclei.mpp, metadata=dict(nuclei.metadata))
+
+
+# -- resampling (nearest neighbour: labels are never blended) ---------------------------------
+def resize_labels(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to ``size`` (H, W), sampling pixel centres."""
+    mask = np.asarray(mask)
+    if tuple(mask.shape) == tuple(size):
+        return mask
+    h, w = mask.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
+    return mask[np.ix_(rows, cols)]
+
+
+def resample_nuclei(nuclei: NucleiMask, target_mpp: float) -> NucleiMask:
+    """Nearest-neighbour resampling of a nuclei mask to ``target_mpp``; vanished nuclei dropped."""
+    from skimage.transform import resize
+
+    if nuclei.mpp is None:
+        raise HistogenInputError("The nuclei mask has no scale (µm/px), so it cannot be resampled.")
+    factor = nuclei.mpp / target_mpp
+    shape = tuple(max(1, int(round(s * factor))) for s in nuclei.shape)
+    inst = resize(nuclei.instances, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+    return NucleiMask.create(inst, nuclei.classes, nuclei.scheme, mpp=target_mpp, metadata=dict(nuclei.metadata))
+
+
+# -- tissue masks -----------------------------------------------------------------------------
+@dataclass
+class TissueMask:
+    """A tissue (semantic) mask: a class id per pixel, the scheme that names them, the scale.
+
+    The twin of :class:`NucleiMask` for engines conditioned on regions (appearance transfer).
+    Any class ids are allowed (0 = unlabelled); ``scheme`` only names and colours them.
+
+    Parameters
+    ----------
+    labels : ndarray (H, W) int32
+    scheme : ClassScheme or None
+    mpp : float or None
+        Microns per pixel, None when unknown.
+    name : str
+        What the mask is called in notes and provenance (a file or layer name).
+    """
+
+    labels: np.ndarray
+    scheme: ClassScheme | None = None
+    mpp: float | None = None
+    name: str = "tissue mask"
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, labels, scheme=None, *, mpp=None, name: str = "tissue mask", metadata=None) -> "TissueMask":
+        """Validated constructor: a 2-D label image (see :func:`as_label_image`), a known scheme."""
+        arr = as_label_image(labels, name=name)
+        if scheme is not None and not isinstance(scheme, ClassScheme):
+            scheme = get_scheme(scheme)
+        if mpp is not None and not (float(mpp) > 0):
+            raise HistogenInputError(f"Microns per pixel must be positive, not {mpp}.")
+        return cls(arr, scheme, None if mpp is None else float(mpp), str(name), dict(metadata or {}))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.labels.shape)  # type: ignore[return-value]
+
+    @property
+    def class_ids(self) -> list[int]:
+        """The ids present, 0 included when some pixels are unlabelled."""
+        return [int(i) for i in np.unique(self.labels)]
+
+    @property
+    def is_empty(self) -> bool:
+        return not bool(self.labels.any())
+
+    def describe_class(self, cid: int) -> str:
+        return describe_class(self.scheme, cid)
+
+    def with_labels(self, labels: np.ndarray) -> "TissueMask":
+        """The same mask description with other labels (a flipped or resized copy)."""
+        return TissueMask(np.ascontiguousarray(labels).astype(np.int32, copy=False), self.scheme, self.mpp, self.name,
+                          dict(self.metadata))
+
+
+def describe_class(scheme: ClassScheme | None, cid: int) -> str:
+    """``"2 (stroma)"`` with a scheme that names the id, ``"0 (unlabelled)"``, else ``"2"``."""
+    if scheme is not None and cid in scheme:
+        return f"{cid} ({scheme.name_of(cid)})"
+    return "0 (unlabelled)" if cid == 0 else str(cid)
+
+
+@dataclass
+class ClassMatch:
+    """Which target classes a source mask has (matched by id) and which it lacks."""
+
+    matched: list[int]
+    unmatched: list[int]
+
+
+def match_classes(targets, source=None) -> ClassMatch:
+    """Match the class ids of target masks to a source mask's (label arrays or :class:`TissueMask`).
+
+    Without a source every target class counts as matched. Ids include 0 (unlabelled).
+    """
+    def ids(m):
+        return {int(i) for i in np.unique(m.labels if isinstance(m, TissueMask) else np.asarray(m))}
+
+    target_ids = sorted(set().union(*(ids(t) for t in targets))) if targets else []
+    if source is None:
+        return ClassMatch(target_ids, [])
+    have = ids(source)
+    return ClassMatch([c for c in target_ids if c in have], [c for c in target_ids if c not in have])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
-__all__ = ["Cancelled", "CancelToken", "check_cancel", "ProgressCallback"]
+__all__ = ["Cancelled", "CancelToken", "check_cancel", "ProgressCallback", "sub_progress"]
 
 ProgressCallback = Optional[Callable[[int, int], None]]
 
@@ -48,3 +48,16 @@ def check_cancel(cancel) -> None:
         flag = bool(cancel())
     if flag:
         raise Cancelled("cancelled")
+
+
+def sub_progress(progress: ProgressCallback, offset: int, total: int) -> Callable[[int, int], None]:
+    """A callback for one part of a longer run: its ``(done, _)`` reported as ``(offset + done, total)``.
+
+    The one adapter for runs made of parts (batches of samples, masks of a folder, sources of
+    a dataset); the part's own total is ignored, ``total`` is the whole run's.
+    """
+    def report(done: int, _part_total: int = 0) -> None:
+        if progress is not None:
+            progress(int(offset) + int(done), int(total))
+
+    return report

@@ -10,21 +10,29 @@ gives the same image.
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import HistogenInputError
-from ..masks import NucleiMask
-from ..progress import ProgressCallback, check_cancel
+from ..masks import NucleiMask, resample_nuclei
+from ..progress import ProgressCallback, check_cancel, sub_progress
 from ..provenance import array_sha256, make_provenance
+from .base import CancelFlag, EngineRequest, SynthesisResult
 
-__all__ = ["NasdmRequest", "SynthesisResult", "NasdmEngine", "prepare_mask"]
+__all__ = ["NasdmRequest", "SynthesisResult", "NasdmEngine", "prepare_mask", "resample_nuclei", "default_steps",
+           "model_lines", "SAMPLERS", "VARIANCES"]
+
+log = logging.getLogger(__name__)
 
 ENGINE_NAME = "nasdm"
 DEFAULT_STEPS_GPU = 250
 DEFAULT_STEPS_CPU = 75
+SAMPLERS = ("ddpm", "ddim")
+#: variance of the DDPM step; None in a request = the model's recommended one
+VARIANCES = ("learned", "fixed_small")
 
 
 def default_steps(device) -> int:
@@ -32,9 +40,9 @@ def default_steps(device) -> int:
     return DEFAULT_STEPS_GPU if getattr(device, "type", str(device)) == "cuda" else DEFAULT_STEPS_CPU
 
 
-@dataclass
-class NasdmRequest:
-    """What to synthesize.
+@dataclass(kw_only=True)
+class NasdmRequest(EngineRequest):
+    """What to synthesize (the defaults here are the CLI's and the dock's).
 
     Parameters
     ----------
@@ -49,6 +57,9 @@ class NasdmRequest:
     guidance : float
         Classifier-free guidance scale (1.5).
     sampler : {"ddpm", "ddim"}
+    variance : {"learned", "fixed_small"} or None
+        Variance of the DDPM step; None = the model's recommended one (its training record's
+        ``sampler_variance``, else ``learned``).
     seed : int
         Sample ``k`` uses seed ``seed + k``.
     batch_size : int
@@ -58,36 +69,32 @@ class NasdmRequest:
         such a mask is refused.
     """
 
-    nuclei: NucleiMask
+    nuclei: NucleiMask | None = None
     n_samples: int = 1
     steps: int | None = None
     guidance: float = 1.5
     sampler: str = "ddpm"
-    seed: int = 0
+    variance: str | None = None
     batch_size: int = 8
     resample: bool = True
 
-    def check(self) -> None:
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not isinstance(self.nuclei, NucleiMask):
+            out.append("Give a nuclei mask to synthesize from.")
         if self.steps is not None and not 1 <= int(self.steps) <= 1000:
-            raise HistogenInputError(f"Steps must be between 1 and 1000, not {self.steps}.")
+            out.append(f"Steps must be between 1 and 1000, not {self.steps}.")
         if self.n_samples < 1 or self.n_samples > 10000:
-            raise HistogenInputError(f"Number of samples must be between 1 and 10000, not {self.n_samples}.")
+            out.append(f"Number of samples must be between 1 and 10000, not {self.n_samples}.")
         if self.batch_size < 1:
-            raise HistogenInputError("Batch size must be at least 1.")
-        if not (0 <= self.guidance <= 20) or not math.isfinite(self.guidance):
-            raise HistogenInputError(f"Guidance must be between 0 and 20 (1.5 is the paper's), not {self.guidance}.")
-        if int(self.seed) < 0:
-            raise HistogenInputError(f"Seed must be non-negative, not {self.seed}.")
-
-
-@dataclass
-class SynthesisResult:
-    """One synthetic image with the mask it matches pixel for pixel."""
-
-    image: np.ndarray
-    nuclei: NucleiMask
-    provenance: dict
-    notes: list = field(default_factory=list)
+            out.append("Batch size must be at least 1.")
+        if not math.isfinite(self.guidance) or not (0 <= self.guidance <= 20):
+            out.append(f"Guidance must be between 0 and 20 (1.5 is the paper's), not {self.guidance}.")
+        if self.sampler not in SAMPLERS:
+            out.append(f"Unknown sampler '{self.sampler}'; choose {' or '.join(SAMPLERS)}.")
+        if self.variance is not None and self.variance not in VARIANCES:
+            out.append(f"Unknown variance '{self.variance}'; choose {' or '.join(VARIANCES)}.")
+        return out
 
 
 def prepare_mask(nuclei: NucleiMask, config, *, resample: bool = True) -> tuple[NucleiMask, list[str]]:
@@ -143,16 +150,6 @@ def prepare_mask(nuclei: NucleiMask, config, *, resample: bool = True) -> tuple[
     return mask, notes
 
 
-def resample_nuclei(nuclei: NucleiMask, target_mpp: float) -> NucleiMask:
-    """Nearest-neighbour resampling of a nuclei mask to ``target_mpp``; vanished nuclei dropped."""
-    from skimage.transform import resize
-
-    factor = nuclei.mpp / target_mpp
-    shape = tuple(max(1, int(round(s * factor))) for s in nuclei.shape)
-    inst = resize(nuclei.instances, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
-    return NucleiMask.create(inst, nuclei.classes, nuclei.scheme, mpp=target_mpp, metadata=dict(nuclei.metadata))
-
-
 class NasdmEngine:
     """Keeps one NASDM model loaded and samples from it.
 
@@ -196,11 +193,32 @@ class NasdmEngine:
 
     def describe(self) -> dict:
         cfg = self.config
-        return {"model": self.model_spec, "weights": str(self.loaded.weights_path.name), "sha256": self.loaded.sha256,
-                "sha256_checked": self.loaded.sha256_checked, "scheme": cfg.scheme["name"], "class_ids": cfg.class_ids,
-                "mpp": cfg.mpp, "image_size": cfg.image_size}
+        return {"engine": ENGINE_NAME, "model": self.model_spec,
+                "weights": str(self.loaded.weights_path.name) if self.loaded else None,
+                "sha256": self.loaded.sha256 if self.loaded else None,
+                "sha256_checked": bool(self.loaded and self.loaded.sha256_checked), "scheme": cfg.scheme["name"],
+                "class_ids": cfg.class_ids, "mpp": cfg.mpp, "image_size": cfg.image_size,
+                "variance": self.default_variance()}
 
-    def run(self, request: NasdmRequest, *, progress: ProgressCallback = None, cancel=None) -> list[SynthesisResult]:
+    def default_variance(self) -> str:
+        """The DDPM step variance this model recommends (its training record), else ``learned``."""
+        training = getattr(self.config, "training", None) or {}
+        return str(training.get("sampler_variance", "learned"))
+
+    def check(self, request: NasdmRequest) -> list[str]:
+        """The request's problems, then the mask's against this model (scheme, scale, size)."""
+        problems = request.problems()
+        if self.loaded is None:
+            problems.append("This engine was freed; create a new one.")
+        if not problems:
+            try:
+                prepare_mask(request.nuclei, self.config, resample=request.resample)
+            except HistogenInputError as err:
+                problems.append(str(err))
+        return problems
+
+    def run(self, request: NasdmRequest, *, progress: ProgressCallback = None,
+            cancel: CancelFlag = None) -> list[SynthesisResult]:
         """Synthesize ``request.n_samples`` images for the request's mask.
 
         Raises
@@ -222,6 +240,7 @@ class NasdmEngine:
         request.check()
         if request.steps is None:
             request = replace(request, steps=default_steps(self.device))
+        variance = request.variance or self.default_variance()
         mask, notes = prepare_mask(request.nuclei, self.config, resample=request.resample)
         size = self.config.image_size
         h, w = mask.shape
@@ -230,24 +249,19 @@ class NasdmEngine:
         if (h, w) != (size, size):
             notes.append(f"The {w}x{h} px mask was padded with background to {size}x{size} for the model.")
         cond = torch.from_numpy(make_condition(padded, mask.classes, self.config.class_ids))[None].to(self.device)
-        n, bs = request.n_samples, request.batch_size
+        n, bs, steps = request.n_samples, request.batch_size, int(request.steps)
         batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
-        total = len(batches) * int(request.steps)
-        done = 0
+        total = len(batches) * steps
         images = []
-        for batch in batches:
+        for b, batch in enumerate(batches):
             check_cancel(cancel)
             gens = [torch.Generator().manual_seed(int(request.seed) + k) for k in batch]
-
-            def step_progress(i, _total, _base=done):
-                if progress is not None:
-                    progress(_base + i, total)
-
             out = sample(self.loaded.model, cond.expand(len(batch), -1, -1, -1), self.config.diffusion,
-                         steps=request.steps, guidance=request.guidance, sampler=request.sampler, generators=gens,
-                         progress=step_progress, cancel=cancel, autocast_dtype=self.autocast_dtype)
+                         steps=steps, guidance=request.guidance, sampler=request.sampler, generators=gens,
+                         progress=sub_progress(progress, b * steps, total), cancel=cancel,
+                         autocast_dtype=self.autocast_dtype, variance=variance)
             images.extend(to_uint8_image(img)[:h, :w] for img in out)
-            done += int(request.steps)
+        log.debug("nasdm: %d image(s), %d steps, %s", len(images), steps, describe_device(self.device))
         mask_hash = array_sha256(mask.instances)
         results = []
         for k, image in enumerate(images):
@@ -255,14 +269,26 @@ class NasdmEngine:
                 "nasdm synthesis", engine=ENGINE_NAME, model=self.model_spec,
                 model_file=self.loaded.weights_path.name, model_sha256=self.loaded.sha256,
                 model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
-                steps=int(request.steps), guidance=float(request.guidance), sampler=request.sampler,
+                steps=steps, guidance=float(request.guidance), sampler=request.sampler, variance=variance,
                 seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
                 mask_sha256=mask_hash, mask_shape=list(mask.shape), mpp=self.config.mpp,
                 device=describe_device(self.device),
                 precision=str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
                 notes=list(notes))
-            results.append(SynthesisResult(image=image, nuclei=mask, provenance=prov, notes=list(notes)))
+            results.append(SynthesisResult(image=image, mask=mask, provenance=prov, notes=list(notes)))
         return results
+
+
+def model_lines() -> list[str]:
+    """What ``histogen models`` prints for NASDM: the models usable offline and the cache folder."""
+    from ..models.registry import list_nasdm_models, model_cache_dir
+
+    models = list_nasdm_models()
+    lines = [f"{name:20s} {path}" for name, path in models.items()]
+    if not models:
+        lines.append("No NASDM models installed.")
+    lines.append(f"(cache folder: {model_cache_dir()}; put a model's .safetensors + .json in a subfolder there)")
+    return lines
 
 
 def _embedded_sha256() -> str | None:

@@ -9,12 +9,16 @@ import numpy as np
 
 from .annotated import AnnotatedImage
 
-__all__ = ["write_annotated_bundle"]
+__all__ = ["write_annotated_bundle", "safe_name"]
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
+    """``name`` with only letters, digits, ``-_.`` (a file stem every writer uses)."""
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return keep.strip("._") or "annotated"
+
+
+_safe_name = safe_name  # the old private name
 
 
 def write_annotated_bundle(item: AnnotatedImage, out_dir, *, provenance: dict | None = None) -> dict[str, Path]:
@@ -38,14 +42,14 @@ def write_annotated_bundle(item: AnnotatedImage, out_dir, *, provenance: dict | 
     """
     from skimage.io import imsave
 
+    from ..render import render_overlay
     from .geojson import write_geojson
     from .ome_tiff import write_ome_tiff
-    from ..sample import render_overlay
 
     item.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = _safe_name(item.name)
+    stem = safe_name(item.name)
     record = {"source": item.provenance, "export": dict(provenance or {})}
     written: dict[str, Path] = {}
     if item.image is not None:

@@ -6,23 +6,12 @@ from pathlib import Path
 
 from ..errors import CorruptFileError, HistogenInputError
 from .annotated import AnnotatedImage
+from .paths import ANNOTATION_SUFFIXES, IMAGE_SUFFIXES, split_index
 
 __all__ = ["read_annotated", "split_index", "READABLE_SUFFIXES", "can_read"]
 
-READABLE_SUFFIXES = (".mat", ".npy", ".npz", ".geojson", ".ome.tif", ".ome.tiff")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-def split_index(path) -> tuple[Path, int | None]:
-    """``'masks.npy::12'`` -> ``(Path('masks.npy'), 12)``; paths without ``::N`` -> index None."""
-    text = str(path)
-    if "::" in text:
-        base, _, idx = text.rpartition("::")
-        try:
-            return Path(base), int(idx)
-        except ValueError:
-            raise HistogenInputError(f"'{idx}' after '::' in {text} is not a patch index (write e.g. masks.npy::12).") from None
-    return Path(text), None
+READABLE_SUFFIXES = ANNOTATION_SUFFIXES
+_IMAGE_SUFFIXES = IMAGE_SUFFIXES
 
 
 def can_read(path) -> bool:

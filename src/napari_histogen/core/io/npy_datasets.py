@@ -13,7 +13,7 @@ from ..errors import CorruptFileError, HistogenInputError
 from ..images import to_rgb_uint8
 from ..masks import NucleiMask, as_label_image, classes_from_type_map
 from .annotated import AnnotatedImage
-from .dispatch import split_index
+from .paths import split_index
 
 __all__ = ["read_pannuke", "read_conic", "read_npy_dataset", "PANNUKE_MPP", "CONIC_MPP"]
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..masks import NucleiMask
 from ..provenance import json_default
-from .bundle import _safe_name
+from ..render import hstack_panels, render_overlay
+from .bundle import safe_name
 
 __all__ = ["write_synthesis_pair", "side_by_side"]
 
@@ -20,17 +21,11 @@ def side_by_side(nuclei: NucleiMask, synthetic: np.ndarray, real: np.ndarray | N
     The mask panel shows nuclei filled in their class colours with dark outlines on white,
     the way the annotate dock colours them.
     """
-    from ..sample import render_overlay
-
     white = np.full(synthetic.shape, 255, np.uint8)
     panels = [render_overlay(white, nuclei=nuclei, alpha=1.0), synthetic]
     if real is not None:
         panels.append(real)
-    spacer = np.full((synthetic.shape[0], gap, 3), 255, np.uint8)
-    out = []
-    for panel in panels:
-        out += [panel, spacer]
-    return np.concatenate(out[:-1], axis=1)
+    return hstack_panels(panels, gap=gap)
 
 
 def write_synthesis_pair(out_dir, name: str, image: np.ndarray, nuclei: NucleiMask, provenance: dict,
@@ -57,7 +52,7 @@ def write_synthesis_pair(out_dir, name: str, image: np.ndarray, nuclei: NucleiMa
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = _safe_name(name)
+    stem = safe_name(name)
     files = {"image": out / f"{stem}.png", "mask": out / f"{stem}.npz", "ome_tiff": out / f"{stem}.ome.tif",
              "side_by_side": out / f"{stem}_side_by_side.png", "provenance": out / f"{stem}.json"}
     imsave(files["image"], image, check_contrast=False)

@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptFileError, HistogenInputError
-from ..masks import as_label_image
+from ..images import IMAGE_SUFFIXES, resize_image
+from ..masks import TissueMask, as_label_image
+from ..render import hstack_panels, render_labels
+from .paths import TISSUE_MASK_SUFFIXES
 
-__all__ = ["read_label_map", "find_tissue_pairs", "write_transfer_result", "render_labels", "MASK_SUFFIXES",
+__all__ = ["read_label_map", "read_tissue_mask", "find_tissue_pairs", "write_transfer_result", "render_labels", "MASK_SUFFIXES",
            "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
+MASK_SUFFIXES = TISSUE_MASK_SUFFIXES
 _NPZ_KEYS = ("tissue", "mask", "labels", "label", "type_map")
 
 
@@ -98,6 +100,26 @@ def read_label_map(path, *, name: str = "mask") -> tuple[np.ndarray, dict]:
     return as_label_image(data, name=f"{name} {path.name}"), info
 
 
+def read_tissue_mask(path, *, name: str = "mask", scheme=None) -> TissueMask:
+    """:func:`read_label_map` as a :class:`~napari_histogen.core.masks.TissueMask`.
+
+    ``scheme`` (a name or scheme) wins over the one the file records; an unknown recorded
+    scheme name is dropped (the mask is still usable, its classes just have no names).
+    """
+    labels, info = read_label_map(path, name=name)
+    spec = scheme if scheme is not None else info.get("scheme")
+    resolved = None
+    if spec is not None:
+        from ..schemes import get_scheme
+
+        try:
+            resolved = get_scheme(spec)
+        except HistogenInputError:
+            if scheme is not None:
+                raise
+    return TissueMask(labels, resolved, info.get("mpp"), Path(path).name)
+
+
 def _mask_for(image: Path, folder: Path) -> Path | None:
     stem = image.stem
     candidates = []
@@ -129,23 +151,7 @@ def find_tissue_pairs(folder) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def render_labels(mask: np.ndarray, scheme=None) -> np.ndarray:
-    """A label map as an RGB picture: scheme colours (or a fixed palette), 0 white."""
-    palette = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-                        [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
-    mask = np.asarray(mask)
-    out = np.full((*mask.shape, 3), 255, np.uint8)
-    for cid in np.unique(mask).tolist():
-        if cid == 0:
-            continue
-        colour = None
-        if scheme is not None and cid in scheme:
-            colour = scheme.color(cid)
-        out[mask == cid] = colour if colour is not None else palette[(cid - 1) % len(palette)]
-    return out
-
-
-def write_transfer_result(out_dir, name: str, image: np.ndarray, mask: np.ndarray, provenance: dict, *,
+def write_transfer_result(out_dir, name: str, image: np.ndarray, mask: np.ndarray | TissueMask, provenance: dict, *,
                           source: np.ndarray | None = None, scheme=None) -> dict[str, Path]:
     """Write one in-silico image with the label map it matches.
 
@@ -155,25 +161,22 @@ def write_transfer_result(out_dir, name: str, image: np.ndarray, mask: np.ndarra
     from skimage.io import imsave
 
     from ..provenance import json_default
-    from .bundle import _safe_name
+    from .bundle import safe_name
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = _safe_name(name)
+    stem = safe_name(name)
     files = {"image": out / f"{stem}.png", "mask": out / f"{stem}_mask.png",
              "side_by_side": out / f"{stem}_side_by_side.png", "provenance": out / f"{stem}.json"}
     imsave(files["image"], image, check_contrast=False)
+    if isinstance(mask, TissueMask):
+        scheme = scheme if scheme is not None else mask.scheme
+        mask = mask.labels
     mask = np.asarray(mask)
     imsave(files["mask"], mask.astype(np.uint8 if mask.max() < 256 else np.uint16), check_contrast=False)
     panels = [render_labels(mask, scheme), image]
     if source is not None:
-        from ..transfer.render import resize_image
-
         panels.append(resize_image(source, image.shape[:2]))
-    spacer = np.full((image.shape[0], 4, 3), 255, np.uint8)
-    row = []
-    for panel in panels:
-        row += [panel, spacer]
-    imsave(files["side_by_side"], np.concatenate(row[:-1], axis=1), check_contrast=False)
+    imsave(files["side_by_side"], hstack_panels(panels), check_contrast=False)
     files["provenance"].write_text(json.dumps(provenance, indent=2, default=json_default))
     return files

@@ -167,6 +167,55 @@ class TransferRunner:
                                         batch=1 if straight else s.inversion_batch, full_chain=straight,
                                         separate_cfg=straight, tick=tick, cancel=cancel)
 
+    # -- a whole request -----------------------------------------------------------------------
+    def generate(self, source_w: np.ndarray, structures: list, seeds: list[int], *, source_mask_w=None,
+                 masks_w=None, per_group: int = 1, cache_key: tuple = (), progress=None,
+                 cancel=None) -> tuple[list[np.ndarray], bool]:
+        """The denoising of one request, in one place: the appearance's inversion (cached: many
+        targets from one source pay for it once), then per group of ``per_group`` targets their
+        structures' inversions, the transfer and the decoding.
+
+        ``source_w`` (working size RGB), ``structures`` (one working-size RGB structure image per
+        output), ``seeds`` (one per output), ``masks_w`` (working-size target masks, for masked
+        AdaIN). ``progress(done, total)`` counts UNet steps. Returns the working-size images and
+        whether the appearance inversion came from the cache.
+        """
+        from .inversion import image_sha256, inversion_cache
+
+        s = self.settings
+        n = len(structures)
+        groups = [list(range(i, min(i + per_group, n))) for i in range(0, n, per_group)]
+        k_run = len(self.schedule)
+        cache = inversion_cache()
+        key = ("app", str(self.parts.path or id(self.parts)), *cache_key, self.mode, image_sha256(source_w),
+               s.inversion_key(), int(s.inversion_seed), self.size)
+        app_inv = cache.get(key)
+        cached = app_inv is not None
+        total = (0 if cached else k_run) + len(groups) * 2 * k_run
+        done = [0]
+
+        def tick(steps: int) -> None:
+            done[0] += int(steps)
+            if progress is not None:
+                progress(min(done[0], total), total)
+
+        if not cached:
+            app_inv = self.invert(self.encode(source_w), [s.inversion_seed], tick=tick, cancel=cancel)
+            cache.put(key, app_inv)
+        images: list = [None] * n
+        for group in groups:
+            check_cancel(cancel)
+            struct_inv = self.invert(self.encode(np.stack([structures[k] for k in group])),
+                                     [int(seeds[k]) for k in group], tick=tick, cancel=cancel)
+            out = self.transfer(app_inv, struct_inv, source_mask=source_mask_w,
+                                target_masks=None if masks_w is None else [masks_w[k] for k in group],
+                                tick=tick, cancel=cancel)
+            check_cancel(cancel)
+            for k, img in zip(group, self.decode(out)):
+                images[k] = img
+        check_cancel(cancel)
+        return images, cached
+
     # -- transfer ----------------------------------------------------------------------------
     def masks_at_latent(self, mask: np.ndarray) -> np.ndarray:
         return latent_mask(mask, (self.latent_side, self.latent_side))

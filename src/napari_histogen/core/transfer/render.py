@@ -10,12 +10,17 @@ paints the scheme colours instead (a diagnostic; the output then starts from car
 
 Target masks are augmented as in the paper ("random flips and rotations"): each output draws
 one of the 8 flips/rotations of the square (for non-square masks, one of the 4 that keep the
-shape) from its own seed.
+shape) from its own seed. Resizing lives with the images and masks
+(:func:`~napari_histogen.core.images.resize_image`, :func:`~napari_histogen.core.masks.resize_labels`;
+re-exported here as ``resize_image`` and ``resize_mask``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..images import resize_image
+from ..masks import resize_labels as resize_mask
 
 __all__ = ["class_colours", "render_structure", "AUGMENTATIONS", "augment", "choose_augmentation",
            "resize_image", "resize_mask", "SLIDE_WHITE"]
@@ -97,24 +102,3 @@ def choose_augmentation(seed: int, shape) -> str:
     """The flip/rotation output ``k`` uses (drawn from seed ``seed + k``); shape-keeping ones for non-square masks."""
     choices = AUGMENTATIONS if shape[0] == shape[1] else _SHAPE_KEEPING
     return choices[int(np.random.default_rng(int(seed)).integers(len(choices)))]
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (anti-aliased when shrinking) resize of an RGB uint8 image to ``size`` (H, W)."""
-    if tuple(image.shape[:2]) == tuple(size):
-        return image
-    from skimage.transform import resize
-
-    out = resize(image, (*size, 3), order=1, anti_aliasing=image.shape[0] > size[0], preserve_range=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map to ``size`` (H, W)."""
-    mask = np.asarray(mask)
-    if tuple(mask.shape) == tuple(size):
-        return mask
-    h, w = mask.shape
-    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
-    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
-    return mask[np.ix_(rows, cols)]

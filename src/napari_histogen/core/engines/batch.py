@@ -1,0 +1,237 @@
+"""Batch (folder) runs of the engines: inputs from files or folders in, image + mask files out.
+
+The headless twins of the docks (``histogen synthesize nasdm|transfer``):
+
+- :func:`synthesize_masks` — NASDM: every nuclei mask (read with
+  :func:`~napari_histogen.core.io.dispatch.read_annotated`) checked against the model,
+  optionally cut into model-size tiles, synthesized ``n`` times, written with
+  :func:`~napari_histogen.core.io.synthesis.write_synthesis_pair`;
+- :func:`transfer_folder` — appearance transfer, the paper's augmentation: each annotated
+  patch of a dataset is the appearance source of ``n`` new images whose target masks are the
+  masks of *other* patches (or of a separate folder), each randomly flipped/rotated.
+
+An input that cannot be used is skipped with its reason (:class:`~.base.BatchReport`); the
+others go on. Progress covers the whole run (:func:`~napari_histogen.core.progress.sub_progress`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import HistogenInputError
+from ..masks import NucleiMask, relabel_sequential, resample_nuclei
+from ..progress import ProgressCallback, check_cancel, sub_progress
+from .base import BatchReport, CancelFlag
+
+__all__ = ["BatchReport", "collect_masks", "tile_nuclei", "synthesize_masks", "choose_targets", "transfer_folder"]
+
+logger = logging.getLogger(__name__)
+
+Log = Callable[[str], None]
+
+
+# -- NASDM -----------------------------------------------------------------------------------------
+def collect_masks(path) -> list[Path]:
+    """The mask files to synthesize from: one file, or every nuclei-mask file in a folder (sorted)."""
+    from ..io.paths import NUCLEI_MASK_SUFFIXES, split_index
+
+    base, _ = split_index(path)
+    if base.is_dir():
+        files = sorted(p for p in base.iterdir() if p.is_file() and p.name.lower().endswith(NUCLEI_MASK_SUFFIXES))
+        if not files:
+            raise HistogenInputError(f"{base} holds no mask files ({', '.join(NUCLEI_MASK_SUFFIXES)}).")
+        return files
+    if not base.exists():
+        raise HistogenInputError(f"No mask file or folder at {base}.")
+    return [Path(str(path))]
+
+
+def tile_nuclei(nuclei: NucleiMask, size: int) -> list[tuple[str, NucleiMask]]:
+    """Cut a large mask into ``size`` x ``size`` tiles (the last row/column shifted back inside).
+
+    Tiles are independent patches (no blending); nuclei cut by a tile border keep the part
+    inside. Tiles without nuclei are left out.
+    """
+    h, w = nuclei.shape
+    if h <= size and w <= size:
+        return [("", nuclei)]
+    rows = sorted({min(r, max(h - size, 0)) for r in range(0, h, size)})
+    cols = sorted({min(c, max(w - size, 0)) for c in range(0, w, size)})
+    tiles = []
+    for r in rows:
+        for c in cols:
+            inst = nuclei.instances[r: r + size, c: c + size]
+            if not inst.any():
+                continue
+            inst, classes = relabel_sequential(inst, nuclei.classes)
+            tiles.append((f"_r{r}_c{c}", NucleiMask.create(inst, classes, nuclei.scheme, mpp=nuclei.mpp)))
+    return tiles
+
+
+def _at_model_scale(nuclei: NucleiMask, engine) -> NucleiMask:
+    if nuclei.n_nuclei == 0:
+        raise HistogenInputError("the nuclei mask is empty")
+    if nuclei.mpp is None or abs(nuclei.mpp / engine.config.mpp - 1) <= 0.1:
+        return nuclei
+    return resample_nuclei(nuclei, engine.config.mpp)
+
+
+def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = False, scheme=None,
+                     progress: ProgressCallback = None, cancel: CancelFlag = None, log: Log | None = None,
+                     **settings) -> BatchReport:
+    """Synthesize ``request.n_samples`` images per mask and write the pairs to ``out_dir``.
+
+    Parameters
+    ----------
+    engine : NasdmEngine
+    request : NasdmRequest, optional
+        The settings for every mask (its ``nuclei`` is replaced by each mask); default the
+        request's defaults, updated with ``settings`` (``n_samples=``, ``steps=``, …).
+    tile : bool
+        Cut masks larger than the model's patch into tiles.
+
+    A mask that cannot be used (wrong scheme, empty, too large without ``tile``) is skipped
+    with its reason; the others go on. Output names are ``<mask>_s<seed>`` (plus the tile).
+    """
+    from dataclasses import replace
+
+    from ..io.dispatch import read_annotated
+    from ..io.synthesis import write_synthesis_pair
+    from .nasdm import NasdmRequest, default_steps, prepare_mask
+
+    log = log or logger.info
+    request = replace(request or NasdmRequest(), **settings)
+    if request.steps is None:
+        request = replace(request, steps=default_steps(engine.device))
+    report = BatchReport()
+    jobs = []
+    for path in mask_paths:
+        try:
+            item = read_annotated(path, scheme=scheme)
+            if item.nuclei is None:
+                raise HistogenInputError("it has no nuclei mask")
+            nuclei = item.nuclei
+            if nuclei.mpp is None and item.mpp is not None:
+                nuclei = NucleiMask.create(nuclei.instances, nuclei.classes, nuclei.scheme, mpp=item.mpp)
+            if tile:
+                pieces = tile_nuclei(_at_model_scale(nuclei, engine), engine.config.image_size)
+            else:
+                pieces = [("", nuclei)]
+            for suffix, piece in pieces:
+                prepare_mask(piece, engine.config)  # fail early, before any sampling
+                jobs.append((item.name + suffix, piece, item, path))
+        except HistogenInputError as err:
+            report.skipped.append((str(path), str(err)))
+            log(f"skipped {path}: {err}")
+    per_job = -(-request.n_samples // request.batch_size) * int(request.steps)  # the engine reports batches x steps
+    total = len(jobs) * per_job
+    for j, (name, nuclei, item, path) in enumerate(jobs):
+        results = engine.run(replace(request, nuclei=nuclei), progress=sub_progress(progress, j * per_job, total),
+                             cancel=cancel)
+        first = results[0].mask
+        real = item.image if (item.image is not None and item.image.shape[:2] == first.shape) else None
+        for res in results:
+            stem = f"{name}_s{res.seed}"
+            res.provenance["parameters"]["mask_source"] = Path(str(path)).name
+            files = write_synthesis_pair(out_dir, stem, res.image, res.mask, res.provenance, real=real)
+            report.written.append((stem, files))
+            log(f"{stem}: {files['image']}")
+    return report
+
+
+# -- appearance transfer ---------------------------------------------------------------------------
+def choose_targets(n_sources: int, pool: int, n: int, seed: int, *, same_pool: bool) -> list[list[int]]:
+    """For each source ``i``, ``n`` target indices into the pool, drawn with seed ``seed + i``.
+
+    With ``same_pool`` (targets are the sources' own masks) source ``i``'s own mask is avoided
+    while the pool has another one; draws are without replacement while the pool lasts.
+    """
+    out = []
+    for i in range(n_sources):
+        rng = np.random.default_rng(int(seed) + i)
+        candidates = [j for j in range(pool) if not (same_pool and j == i and pool > 1)]
+        picks: list[int] = []
+        while len(picks) < n:
+            order = rng.permutation(candidates).tolist()
+            picks.extend(order[: n - len(picks)])
+        out.append([int(j) for j in picks])
+    return out
+
+
+def transfer_folder(dataset, out_dir, engine, request=None, *, targets=None, scheme=None,
+                    progress: ProgressCallback = None, cancel: CancelFlag = None, log: Log | None = None,
+                    **settings) -> BatchReport:
+    """Make ``request.n_outputs`` images per pair of ``dataset`` and write them (masks, provenance) to ``out_dir``.
+
+    Parameters
+    ----------
+    dataset : path
+        Folder of image + mask pairs (see :func:`napari_histogen.core.io.tissue.find_tissue_pairs`).
+    engine : TransferEngine
+    request : TransferRequest, optional
+        The settings for every source (its images and masks are replaced); default the
+        request's defaults, updated with ``settings`` (``n_outputs=``, ``seed=``, ``augment=``, …).
+    targets : path, optional
+        Folder of target masks (default: the dataset's own masks, never a source's own one when
+        there are others).
+    scheme : str or ClassScheme, optional
+        Class scheme of the masks (default: the one each source mask records).
+    """
+    from dataclasses import replace
+
+    from ..io.pairs import read_rgb_image
+    from ..io.paths import TISSUE_MASK_SUFFIXES
+    from ..io.tissue import find_tissue_pairs, read_tissue_mask, write_transfer_result
+    from .transfer import TransferRequest
+
+    log = log or logger.info
+    base = replace(request or TransferRequest(), **settings)
+    pairs = find_tissue_pairs(dataset)
+    if targets is not None:
+        tdir = Path(targets)
+        if not tdir.is_dir():
+            raise HistogenInputError(f"No target mask folder at {tdir}.")
+        pool_paths = sorted(p for p in tdir.iterdir() if p.is_file() and p.name.lower().endswith(TISSUE_MASK_SUFFIXES))
+        if not pool_paths:
+            raise HistogenInputError(f"{tdir} holds no mask files ({', '.join(TISSUE_MASK_SUFFIXES)}).")
+    else:
+        pool_paths = [m for _, m in pairs]
+    n = int(base.n_outputs)
+    picks = choose_targets(len(pairs), len(pool_paths), n, int(base.seed), same_pool=targets is None)
+    report = BatchReport()
+    for i, (image_path, mask_path) in enumerate(pairs):
+        check_cancel(cancel)
+        try:
+            source = read_rgb_image(image_path, name="source image")
+            source_mask = read_tissue_mask(mask_path, name="source mask", scheme=scheme)
+            tmasks = [read_tissue_mask(pool_paths[j], name="target mask", scheme=scheme) for j in picks[i]]
+        except HistogenInputError as err:
+            report.skipped.append((str(image_path), str(err)))
+            log(f"skipped {image_path.name}: {err}")
+            continue
+        # the source's scheme names the classes of its targets too (one dataset, one scheme)
+        tmasks = [replace(t, scheme=source_mask.scheme) for t in tmasks]
+        req = replace(base, source_image=source, source_mask=source_mask, target_masks=tmasks,
+                      source_name=image_path.name)
+
+        def step_progress(done, total, _i=i):
+            if progress is not None:
+                progress(_i * total + done, len(pairs) * total)
+
+        try:
+            results = engine.run(req, progress=step_progress, cancel=cancel)
+        except HistogenInputError as err:
+            report.skipped.append((str(image_path), str(err)))
+            log(f"skipped {image_path.name}: {err}")
+            continue
+        for k, result in enumerate(results):
+            name = f"{image_path.stem}_transfer_s{int(base.seed) + k}"
+            files = write_transfer_result(out_dir, name, result.image, result.mask, result.provenance, source=source,
+                                          scheme=source_mask.scheme)
+            report.written.append((name, files))
+        log(f"{image_path.name}: {len(results)} image(s) (targets {', '.join(dict.fromkeys(t.name for t in tmasks))})")
+    return report
