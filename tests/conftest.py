@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny random NASDM checkpoint saved the way training saves models."""
+"""Shared fixtures and helpers: tiny random models (NASDM, Stable Diffusion), notification capture.
+
+Tests never import other test modules: what several of them need lives here.
+"""
 
 from __future__ import annotations
 
@@ -37,3 +40,30 @@ def tiny_nasdm(tmp_path_factory):
     """Path of a tiny 32 px CoNSeP-scheme NASDM model at 0.5 µm/px."""
     pytest.importorskip("torch")
     return save_tiny_nasdm(tmp_path_factory.mktemp("tiny_nasdm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """Folder of a tiny random Stable Diffusion (64 px) in the SD 1.5 layout."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from napari_histogen.core.transfer.tiny import save_tiny_stable_diffusion
+
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny_sd"))
+
+
+def capture_notifications(monkeypatch, *modules) -> dict:
+    """Route the docks' error/info notifications into lists (``{"error": [...], "info": [...]}``)."""
+    from napari_histogen.widgets import _guard
+
+    shown: dict = {"error": [], "info": []}
+    monkeypatch.setattr(_guard, "notify_error", shown["error"].append)
+    for module in modules:
+        monkeypatch.setattr(module, "notify_error", shown["error"].append)
+        monkeypatch.setattr(module, "notify_info", shown["info"].append)
+    return shown
+
+
+def wait_idle(qtbot, widget, timeout: int = 120000) -> None:
+    """Wait until a dock's background run has finished."""
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)

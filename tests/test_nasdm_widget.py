@@ -10,7 +10,8 @@ pytest.importorskip("torch")
 
 from napari_histogen import _layers  # noqa: E402
 from napari_histogen.core.masks import NucleiMask  # noqa: E402
-from napari_histogen.widgets import _guard, nasdm as nasdm_dock  # noqa: E402
+from conftest import capture_notifications, wait_idle  # noqa: E402
+from napari_histogen.widgets import nasdm as nasdm_dock  # noqa: E402
 from napari_histogen.widgets.nasdm import NasdmWidget  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -19,11 +20,7 @@ SCREENSHOTS = Path(__file__).parent / "screenshots"
 
 @pytest.fixture
 def messages(monkeypatch):
-    shown = {"error": [], "info": []}
-    monkeypatch.setattr(_guard, "notify_error", shown["error"].append)
-    monkeypatch.setattr(nasdm_dock, "notify_error", shown["error"].append)
-    monkeypatch.setattr(nasdm_dock, "notify_info", shown["info"].append)
-    return shown
+    return capture_notifications(monkeypatch, nasdm_dock)
 
 
 @pytest.fixture
@@ -47,10 +44,6 @@ def _add_mask(viewer, scheme="consep", name="painted nuclei"):
     return viewer.add_labels(data, **kwargs)
 
 
-def _wait_idle(qtbot, widget, timeout=60000):
-    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
-
-
 def test_dock_synthesizes_next_to_the_mask_with_outlines(dock, qtbot, messages):
     viewer, widget = dock
     mask_layer = _add_mask(viewer)
@@ -63,7 +56,7 @@ def test_dock_synthesizes_next_to_the_mask_with_outlines(dock, qtbot, messages):
     n_before = len(viewer.layers)
     widget.run()
     assert widget.running and widget.cancel_btn.isEnabled() and not widget.run_btn.isEnabled()
-    _wait_idle(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert messages["error"] == []
     added = list(viewer.layers)[n_before:]
     images = [layer for layer in added if layer.__class__.__name__ == "Image"]
@@ -96,7 +89,7 @@ def test_cancel_adds_nothing(dock, qtbot, messages, monkeypatch):
     seen = []
     widget._relay.progress.connect(lambda i, n: (seen.append(i), widget.cancel() if i == 2 else None))
     widget.run()
-    _wait_idle(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert len(viewer.layers) == n_before
     assert seen and max(seen) < 1000
     assert any("cancelled" in m for m in messages["info"])
@@ -109,7 +102,7 @@ def test_scheme_mismatch_and_empty_mask_messages(dock, qtbot, messages):
     widget.device_combo.setCurrentText("cpu")
     widget.steps_spin.setValue(2)
     widget.run()
-    _wait_idle(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert any("trained on 'consep'" in m for m in messages["error"])
     viewer.add_labels(np.zeros((32, 32), np.int32), name="empty")
     widget.mask_combo.setCurrentText("empty")

@@ -37,11 +37,6 @@ FAST = dict(steps=20, skip_steps=4, swap_ranges=(SwapRange(32, 2, 9), SwapRange(
 
 
 @pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny_sd"))
-
-
-@pytest.fixture(scope="module")
 def parts(tiny_sd):
     return load_stable_diffusion(str(tiny_sd), device="cpu")
 

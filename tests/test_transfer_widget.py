@@ -11,26 +11,17 @@ pytest.importorskip("transformers")
 
 from napari_histogen import _layers  # noqa: E402
 from napari_histogen.core.schemes import get_scheme  # noqa: E402
-from napari_histogen.core.transfer.tiny import save_tiny_stable_diffusion  # noqa: E402
-from napari_histogen.widgets import _guard, transfer as transfer_dock  # noqa: E402
+from conftest import capture_notifications, wait_idle  # noqa: E402
+from napari_histogen.widgets import transfer as transfer_dock  # noqa: E402
 from napari_histogen.widgets.transfer import TransferWidget  # noqa: E402
 
 pytestmark = pytest.mark.gui
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny_sd"))
-
-
 @pytest.fixture
 def messages(monkeypatch):
-    shown = {"error": [], "info": []}
-    monkeypatch.setattr(_guard, "notify_error", shown["error"].append)
-    monkeypatch.setattr(transfer_dock, "notify_error", shown["error"].append)
-    monkeypatch.setattr(transfer_dock, "notify_info", shown["info"].append)
-    return shown
+    return capture_notifications(monkeypatch, transfer_dock)
 
 
 @pytest.fixture
@@ -55,10 +46,6 @@ def dock(make_napari_viewer, tiny_sd, tmp_path, monkeypatch):
     return viewer, widget, image, tissue
 
 
-def _wait_idle(qtbot, widget, timeout=120000):
-    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
-
-
 def test_dock_makes_labelled_images_next_to_the_masks(dock, qtbot, messages):
     viewer, widget, image, tissue = dock
     assert widget.image_combo.currentText() == image.name
@@ -71,7 +58,7 @@ def test_dock_makes_labelled_images_next_to_the_masks(dock, qtbot, messages):
     n_before = len(viewer.layers)
     widget.run()
     assert widget.running and widget.cancel_btn.isEnabled() and not widget.run_btn.isEnabled()
-    _wait_idle(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert messages["error"] == []
     added = list(viewer.layers)[n_before:]
     images = [layer for layer in added if layer.__class__.__name__ == "Image"]
@@ -113,7 +100,7 @@ def test_cancel_adds_nothing(dock, qtbot, messages):
     seen = []
     widget._relay.progress.connect(lambda i, n: (seen.append(i), widget.cancel() if i == 2 else None))
     widget.run()
-    _wait_idle(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert len(viewer.layers) == n_before
     assert seen and max(seen) <= 3
     assert any("cancelled" in m for m in messages["info"])
@@ -126,7 +113,7 @@ def test_missing_model_and_missing_source_mask_messages(dock, qtbot, messages, t
     widget.set_model("sd15")
     assert "histogen models fetch" in widget.model_info.text()
     widget.run()
-    _wait_idle(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert any("histogen models fetch" in m for m in messages["error"])
     widget.source_mask_combo.setCurrentText(transfer_dock.NO_MASK)
     widget.run()

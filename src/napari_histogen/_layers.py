@@ -29,6 +29,7 @@ __all__ = [
     "image_layer_data",
     "layer_kind",
     "layer_scheme",
+    "tissue_mask_from_layer",
     "nuclei_mask_from_layer",
     "refresh_nuclei_layer",
     "point_colors",
@@ -194,6 +195,14 @@ def nuclei_mask_from_parts(data, features, metadata, scale, *, name="nuclei mask
         metadata={"provenance": meta.get("provenance", {})},
         name=name,
     )
+
+
+def tissue_mask_from_layer(layer, *, scheme=None):
+    """A Labels layer as a :class:`~napari_histogen.core.masks.TissueMask` (its scheme and scale)."""
+    from .core.masks import TissueMask
+
+    return TissueMask.create(np.asarray(layer.data), scheme if scheme is not None else layer_scheme(layer),
+                             mpp=layer_mpp(layer), name=layer.name)
 
 
 def nuclei_mask_from_layer(layer, *, scheme=None) -> NucleiMask:

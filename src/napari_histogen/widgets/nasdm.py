@@ -19,20 +19,20 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import _layers
+from ..core.engines.base import request_defaults
+from ..core.engines.nasdm import VARIANCES, NasdmRequest
 from ..core.errors import HistogenInputError
-from ..core.progress import CancelToken, Cancelled
 from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
-from ._runner import BackgroundRunMixin
+from ._runner import EngineDock
 
 RESULT_GAP_PX = 8  # space between a mask and its results on the canvas
+MODEL_VARIANCE = "model default"
 
 
 def _default_steps() -> int:
@@ -43,19 +43,18 @@ def _default_steps() -> int:
     return DEFAULT_STEPS_GPU if torch.cuda.is_available() else DEFAULT_STEPS_CPU
 
 
-class NasdmWidget(BackgroundRunMixin, QWidget):
+class NasdmWidget(EngineDock):
     """Dock widget: nuclei mask layer + model + settings -> synthetic patches."""
+
+    ENGINE = "nasdm"
     RUN_TITLE = "NASDM synthesis"
     FAILED_TEXT = "Synthesis failed"
     OOM_HINT = "Out of memory: use fewer samples, or a GPU."
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self._init_runner()
-        self.viewer = napari_viewer
-        self._engines: dict = {}
-        self.last_results: list = []
+        super().__init__(napari_viewer)
         self.outline_layers: list = []
+        d = request_defaults(NasdmRequest)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -81,49 +80,42 @@ class NasdmWidget(BackgroundRunMixin, QWidget):
         self.guidance_spin = QDoubleSpinBox()
         self.guidance_spin.setRange(0.0, 20.0)
         self.guidance_spin.setSingleStep(0.25)
-        self.guidance_spin.setValue(1.5)
-        self.guidance_spin.setToolTip("Classifier-free guidance scale s (0 = conditional model only; paper: 1.5)")
+        self.guidance_spin.setValue(d["guidance"])
+        self.guidance_spin.setToolTip("Classifier-free guidance scale s (0 = conditional model only)")
         form.addRow("guidance", self.guidance_spin)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1000)
-        self.steps_spin.setValue(_default_steps())
+        self.steps_spin.setValue(d["steps"] or _default_steps())
         self.steps_spin.setToolTip("Respaced denoising steps (1000 = full chain; fewer is faster). "
                                    "Default: 250 with a GPU, 75 on CPU")
         form.addRow("steps", self.steps_spin)
+        self.variance_combo = QComboBox()
+        self.variance_combo.addItems([MODEL_VARIANCE, *VARIANCES])
+        if d["variance"] is not None:
+            self.variance_combo.setCurrentText(d["variance"])
+        self.variance_combo.setToolTip("Variance of each denoising step: the model's recommended one, the learned "
+                                       "one, or the fixed posterior variance (for models whose variance head is "
+                                       "not trained yet)")
+        form.addRow("variance", self.variance_combo)
         self.samples_spin = QSpinBox()
         self.samples_spin.setRange(1, 64)
-        self.samples_spin.setValue(1)
+        self.samples_spin.setValue(d["n_samples"])
         form.addRow("samples", self.samples_spin)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setValue(d["seed"])
         self.seed_spin.setToolTip("Sample k uses seed + k; the same seed gives the same image on the same device")
         form.addRow("seed", self.seed_spin)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo = self._device_combo()
         form.addRow("device", self.device_combo)
         layout.addLayout(form)
 
-        buttons = QHBoxLayout()
-        self.run_btn = QPushButton("Synthesize")
-        self.run_btn.clicked.connect(lambda: self.run())
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(lambda: self.cancel())
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.cancel_btn)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        layout.addWidget(self.progress_bar)
+        self._add_run_controls(layout, "Synthesize")
         self.outline_check = QCheckBox("Show mask outlines on results")
         self.outline_check.setChecked(True)
         self.outline_check.toggled.connect(self._on_outline_toggled)
         layout.addWidget(self.outline_check)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        self._add_status(layout)
 
         self._refresh_models()
         self._refresh_masks()
@@ -175,18 +167,10 @@ class NasdmWidget(BackgroundRunMixin, QWidget):
         spec = self.model_combo.currentData()
         if not spec:
             return
+        from ..core.engines.nasdm import model_summary
+
         try:
-            import json
-
-            from ..core.models.registry import resolve_nasdm
-            from ..core.nasdm.checkpoint import find_model_files
-
-            weights, sidecar = find_model_files(resolve_nasdm(spec))
-            meta = json.loads(sidecar.read_text()) if sidecar else {}
-            if meta:
-                names = ", ".join(c["name"] for c in meta["scheme"]["classes"])
-                self.model_info.setText(f"{meta['scheme']['name']} ({names}); {meta['unet']['image_size']} px at "
-                                        f"{meta['mpp']:g} µm/px")
+            self.model_info.setText(model_summary(spec))
         except (HistogenInputError, OSError, KeyError, ValueError) as err:
             self.model_info.setText(str(err))
 
@@ -197,55 +181,25 @@ class NasdmWidget(BackgroundRunMixin, QWidget):
             raise HistogenInputError("Choose a nuclei mask layer (paint one with the annotate dock, or open a mask).")
         return self.viewer.layers[name]
 
-    @guarded
-    def run(self):
-        """Start a synthesis run in the background (returns at once)."""
-        from napari.qt.threading import create_worker
-
-        from ..core.engines.nasdm import NasdmRequest
-
-        if self.running:
-            raise HistogenInputError("A synthesis run is already going; wait for it or press Cancel.")
+    def request(self) -> NasdmRequest:
+        """The request the dock's mask layer and controls describe."""
         layer = self._mask_layer()
         nuclei = _layers.nuclei_mask_from_layer(layer)
         if nuclei.n_nuclei == 0:
             raise HistogenInputError(f"The mask '{layer.name}' is empty: paint nuclei first.")
-        request = NasdmRequest(nuclei=nuclei, n_samples=self.samples_spin.value(), steps=self.steps_spin.value(),
-                               guidance=self.guidance_spin.value(), seed=self.seed_spin.value())
-        request.check()
-        spec, device = self._model_spec(), self.device_combo.currentText()
-        self._cancel = token = CancelToken()
-        relay = self._relay
+        variance = self.variance_combo.currentText()
+        return NasdmRequest(nuclei=nuclei, n_samples=self.samples_spin.value(), steps=self.steps_spin.value(),
+                            guidance=self.guidance_spin.value(), seed=self.seed_spin.value(),
+                            variance=None if variance == MODEL_VARIANCE else variance)
 
-        def work():
-            # Outcomes come back as values, never as worker errors: napari 0.9's task-status hook
-            # on `errored` itself raises in the event loop.
-            try:
-                engine = self._engine(spec, device)
-                return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
-            except Cancelled:
-                return "cancelled", None
-            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
-                return "failed", err
-
-        # errored is connected here, so napari does not re-raise the worker's error in the event loop
-        self._worker = worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda outcome, _l=layer: self._on_returned(outcome, _l),
-            "errored": self._on_error,
-            "finished": self._on_worker_done,
-        })
-        self._set_running(True)
-        self.status.setText(f"Synthesizing {request.n_samples} sample(s) for '{layer.name}'…")
-        worker.start()
-        return worker
-
-    def _engine(self, spec: str, device: str):
-        from ..core.engines.nasdm import NasdmEngine
-
-        key = (spec, device)
-        if key not in self._engines:
-            self._engines[key] = NasdmEngine(spec, device=device)
-        return self._engines[key]
+    @guarded
+    def run(self):
+        """Start a synthesis run in the background (returns at once)."""
+        layer = self._mask_layer()
+        request = self.request()
+        return self._start_run(request, model=self._model_spec(), device=self.device_combo.currentText(),
+                               context=layer,
+                               status=f"Synthesizing {request.n_samples} sample(s) for '{layer.name}'…")
 
     @guarded
     def _on_finished(self, results, mask_layer) -> None:
@@ -260,7 +214,7 @@ class NasdmWidget(BackgroundRunMixin, QWidget):
                             (f" {notes}" if notes else ""))
 
     def _add_result_layers(self, results, mask_layer) -> None:
-        first = results[0].nuclei
+        first = results[0].mask
         mpp = first.mpp or _layers.layer_mpp(mask_layer) or 1.0
         origin = np.asarray(mask_layer.translate, dtype=float)[-2:]
         width = (first.shape[1] + RESULT_GAP_PX) * mpp
@@ -285,9 +239,3 @@ class NasdmWidget(BackgroundRunMixin, QWidget):
         for layer in list(self.outline_layers):
             if layer in self.viewer.layers:
                 layer.visible = checked
-
-    def closeEvent(self, event):  # noqa: N802 - Qt API
-        self.cancel()
-        for engine in self._engines.values():
-            engine.free()
-        super().closeEvent(event)

@@ -19,18 +19,19 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import _layers
+from ..core.engines.base import request_defaults
+from ..core.engines.transfer import TransferRequest
 from ..core.errors import HistogenInputError
-from ..core.progress import CancelToken, Cancelled
+from ..core.masks import match_classes
+from ..core.transfer.settings import TransferSettings
 from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
-from ._runner import BackgroundRunMixin
+from ._runner import EngineDock
 
 RESULT_GAP_PX = 8
 NO_MASK = "(none: global AdaIN only)"
@@ -38,19 +39,20 @@ ADAIN_CHOICES = {"per class (paper)": "masked", "global (baseline)": "global", "
 INVERSION_CHOICES = {"edit-friendly DDPM": "edit_friendly", "DDIM": "ddim"}
 
 
-class TransferWidget(BackgroundRunMixin, QWidget):
+class TransferWidget(EngineDock):
     """Dock widget: appearance image + its mask + target mask -> labelled in-silico images."""
+
+    ENGINE = "transfer"
     RUN_TITLE = "Appearance transfer"
     FAILED_TEXT = "The transfer failed"
     OOM_HINT = "Out of memory: make fewer outputs at once, or use a GPU."
+    LOADING_TEXT = "Loading the Stable Diffusion model (once per session)…"
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = napari_viewer
-        self._engines: dict = {}
-        self._init_runner()
-        self.last_results: list = []
+        super().__init__(napari_viewer)
         self.result_layers: list = []
+        d = request_defaults(TransferRequest)
+        st = TransferSettings()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -88,69 +90,56 @@ class TransferWidget(BackgroundRunMixin, QWidget):
 
         self.outputs_spin = QSpinBox()
         self.outputs_spin.setRange(1, 64)
-        self.outputs_spin.setValue(4)
+        self.outputs_spin.setValue(d["n_outputs"])
         self.outputs_spin.setToolTip("Images to make (the paper: 4 per annotated image); output k uses seed + k")
         form.addRow("outputs", self.outputs_spin)
         self.augment_check = QCheckBox("random flips/rotations of the target mask")
-        self.augment_check.setChecked(True)
+        self.augment_check.setChecked(d["augment"])
         form.addRow("", self.augment_check)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(2, 500)
-        self.steps_spin.setValue(100)
+        self.steps_spin.setValue(st.steps)
         self.steps_spin.setToolTip("DDIM steps of the chain (the paper: 100)")
         form.addRow("steps", self.steps_spin)
         self.skip_spin = QSpinBox()
         self.skip_spin.setRange(0, 499)
-        self.skip_spin.setValue(32)
+        self.skip_spin.setValue(st.skip_steps)
         self.skip_spin.setToolTip("Noisiest steps not run (the reference: 32 of 100); swap and AdaIN ranges count "
                                   "the steps that run")
         form.addRow("skip", self.skip_spin)
         self.contrast_spin = QDoubleSpinBox()
         self.contrast_spin.setRange(0.0, 10.0)
         self.contrast_spin.setSingleStep(0.1)
-        self.contrast_spin.setValue(1.67)
+        self.contrast_spin.setValue(st.contrast)
         self.contrast_spin.setToolTip("Attention contrast on the swapped maps (1 = none; 1.67 the reference)")
         form.addRow("contrast", self.contrast_spin)
         self.guidance_spin = QDoubleSpinBox()
         self.guidance_spin.setRange(1.0, 20.0)
         self.guidance_spin.setSingleStep(0.25)
-        self.guidance_spin.setValue(3.5)
+        self.guidance_spin.setValue(st.swap_guidance_start)
         self.guidance_spin.setToolTip("Swap guidance at the first step; it falls linearly to half (at least 1)")
         form.addRow("swap guidance", self.guidance_spin)
         self.adain_combo = QComboBox()
         self.adain_combo.addItems(list(ADAIN_CHOICES))
+        self.adain_combo.setCurrentText(next(k for k, v in ADAIN_CHOICES.items() if v == st.adain))
         self.adain_combo.setToolTip("Per class: one class per step, alternating, each with the source's statistics "
                                     "of that class (the paper). Global: the baseline.")
         form.addRow("AdaIN", self.adain_combo)
         self.inversion_combo = QComboBox()
         self.inversion_combo.addItems(list(INVERSION_CHOICES))
+        self.inversion_combo.setCurrentText(next(k for k, v in INVERSION_CHOICES.items() if v == st.inversion))
         self.inversion_combo.setToolTip("Edit-friendly DDPM inversion (the reference; exact reconstruction) or DDIM")
         form.addRow("inversion", self.inversion_combo)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setValue(d["seed"])
         form.addRow("seed", self.seed_spin)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo = self._device_combo()
         form.addRow("device", self.device_combo)
         layout.addLayout(form)
 
-        buttons = QHBoxLayout()
-        self.run_btn = QPushButton("Generate")
-        self.run_btn.clicked.connect(lambda: self.run())
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(lambda: self.cancel())
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.cancel_btn)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        layout.addWidget(self.progress_bar)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        self._add_run_controls(layout, "Generate")
+        self._add_status(layout)
 
         self._refresh_layers()
         self._update_model_info()
@@ -199,24 +188,25 @@ class TransferWidget(BackgroundRunMixin, QWidget):
                 return
 
     def _update_classes(self) -> None:
-        """Report target classes the source mask lacks (matched by id)."""
+        """Report target classes the source mask lacks (matched by id, in core)."""
         try:
             source, target = self._source_mask_layer(), self._target_layer()
         except HistogenInputError:
             self.classes_info.setText("")
             return
-        t_ids = sorted(int(i) for i in np.unique(np.asarray(target.data)) if i)
+        target_mask = _layers.tissue_mask_from_layer(target)
+        t_ids = [c for c in target_mask.class_ids if c]
         if source is None:
             self.classes_info.setText(f"target classes {t_ids}; no source mask: global AdaIN only")
             return
-        s_ids = {int(i) for i in np.unique(np.asarray(source.data))}
-        missing = [c for c in t_ids if c not in s_ids]
-        scheme = _layers.layer_scheme(target) or _layers.layer_scheme(source)
+        match = match_classes([target_mask], np.asarray(source.data))
+        scheme = target_mask.scheme or _layers.layer_scheme(source)
 
         def name(c):
             return f"{c} {scheme.name_of(c)}" if scheme is not None and c in scheme else str(c)
 
-        text = f"classes {', '.join(name(c) for c in t_ids if c not in missing)} matched"
+        text = f"classes {', '.join(name(c) for c in match.matched if c)} matched"
+        missing = [c for c in match.unmatched if c]
         if missing:
             text += f"; not in the source mask: {', '.join(name(c) for c in missing)}"
         self.classes_info.setText(text)
@@ -255,10 +245,8 @@ class TransferWidget(BackgroundRunMixin, QWidget):
         name = self.source_mask_combo.currentText()
         return None if not name or name == NO_MASK else self._layer(self.source_mask_combo, "source mask")
 
-    def settings(self):
+    def settings(self) -> TransferSettings:
         """The transfer settings the dock's controls describe."""
-        from ..core.transfer.settings import TransferSettings
-
         start = float(self.guidance_spin.value())
         return TransferSettings(steps=self.steps_spin.value(), skip_steps=self.skip_spin.value(),
                                 contrast=float(self.contrast_spin.value()), swap_guidance_start=start,
@@ -266,16 +254,10 @@ class TransferWidget(BackgroundRunMixin, QWidget):
                                 adain=ADAIN_CHOICES[self.adain_combo.currentText()],
                                 inversion=INVERSION_CHOICES[self.inversion_combo.currentText()]).check()
 
-    @guarded
-    def run(self):
-        """Start a transfer in the background (returns at once)."""
-        from napari.qt.threading import create_worker
-
-        from ..core.engines.transfer import TransferRequest
+    def request(self) -> TransferRequest:
+        """The request the dock's layers and controls describe (inputs converted once, here)."""
         from ..core.images import to_rgb_uint8
 
-        if self.running:
-            raise HistogenInputError("A transfer is already running; wait for it or press Cancel.")
         image_layer = self._layer(self.image_combo, "appearance image")
         target_layer = self._target_layer()
         source_layer = self._source_mask_layer()
@@ -287,56 +269,24 @@ class TransferWidget(BackgroundRunMixin, QWidget):
             raise HistogenInputError("Per-class AdaIN needs the appearance image's mask: choose it under 'its mask', "
                                      "or set AdaIN to global.")
         scheme = _layers.layer_scheme(target_layer) or (None if source_layer is None else _layers.layer_scheme(source_layer))
-        request = TransferRequest(
+        return TransferRequest(
             source_image=to_rgb_uint8(np.asarray(image_layer.data), name=f"image '{image_layer.name}'"),
-            source_mask=None if source_layer is None else np.asarray(source_layer.data),
-            target_mask=np.asarray(target_layer.data), n_outputs=self.outputs_spin.value(),
-            augment=self.augment_check.isChecked(), seed=self.seed_spin.value(), settings=settings,
-            scheme=scheme, source_mpp=_layers.layer_mpp(image_layer), target_mpp=_layers.layer_mpp(target_layer),
-            source_name=image_layer.name, target_name=target_layer.name)
-        request.check()
-        spec, device = self.model_edit.text().strip() or None, self.device_combo.currentText()
-        self._cancel = token = CancelToken()
-        relay = self._relay
+            source_mask=None if source_layer is None else _layers.tissue_mask_from_layer(source_layer, scheme=scheme),
+            target_masks=[_layers.tissue_mask_from_layer(target_layer, scheme=scheme)],
+            n_outputs=self.outputs_spin.value(), augment=self.augment_check.isChecked(), seed=self.seed_spin.value(),
+            settings=settings, source_mpp=_layers.layer_mpp(image_layer), source_name=image_layer.name)
 
-        def work():
-            # outcomes come back as values, never as worker errors (napari 0.9's errored hook raises)
-            try:
-                if (spec, device) not in self._engines:
-                    relay.progress.emit(0, 0)  # busy bar while the model loads (first run only)
-                engine = self._engine(spec, device)
-                return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
-            except Cancelled:
-                return "cancelled", None
-            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
-                return "failed", err
-
-        context = (image_layer, target_layer, scheme)
-        self._worker = worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda outcome, _c=context: self._on_returned(outcome, _c),
-            "errored": self._on_error,
-            "finished": self._on_worker_done,
-        })
-        self._set_running(True)
-        self.status.setText(f"Making {request.n_outputs} image(s) like '{image_layer.name}' on '{target_layer.name}'…")
-        worker.start()
-        return worker
-
-    def _engine(self, spec, device: str):
-        from ..core.engines.transfer import TransferEngine
-
-        key = (spec, device)
-        if key not in self._engines:
-            self._engines[key] = TransferEngine(spec, device=device)
-        return self._engines[key]
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress_bar.setRange(0, total)  # (0, 0): busy
-        self.progress_bar.setValue(done)
-        if total <= 0:
-            self.status.setText("Loading the Stable Diffusion model (once per session)…")
-            return
-        self._update_napari_progress(done, total)
+    @guarded
+    def run(self):
+        """Start a transfer in the background (returns at once)."""
+        image_layer = self._layer(self.image_combo, "appearance image")
+        target_layer = self._target_layer()
+        request = self.request()
+        context = (image_layer, target_layer, request.scheme)
+        return self._start_run(request, model=self.model_edit.text().strip() or None,
+                               device=self.device_combo.currentText(), context=context,
+                               status=f"Making {request.n_outputs} image(s) like '{image_layer.name}' on "
+                                      f"'{target_layer.name}'…")
 
     @guarded
     def _on_finished(self, results, context) -> None:
@@ -363,12 +313,13 @@ class TransferWidget(BackgroundRunMixin, QWidget):
             kwargs.setdefault("scale", (mpp, mpp))
             kwargs["metadata"]["histogen_transfer_result"] = True
             self.result_layers.append(self.viewer.add_image(data, translate=offset, **kwargs))
-            ids = [int(i) for i in np.unique(result.mask) if i]
+            labels = result.mask.labels
+            ids = [c for c in result.mask.class_ids if c]
             if scheme is not None and all(i in scheme for i in ids):
-                mdata, mkwargs, _ = _layers.tissue_layer_data(result.mask, scheme, f"{name} mask", mpp=mpp,
+                mdata, mkwargs, _ = _layers.tissue_layer_data(labels, scheme, f"{name} mask", mpp=mpp,
                                                               provenance=result.provenance)
             else:  # classes outside any known scheme: napari's label colours
-                mdata = result.mask.astype(np.int32)
+                mdata = labels.astype(np.int32)
                 mkwargs = {"name": f"{name} mask", "metadata": {"histogen": {
                     "kind": "tissue", "provenance": result.provenance, "mpp": mpp}}}
             mkwargs["scale"] = (mpp, mpp)
@@ -376,9 +327,3 @@ class TransferWidget(BackgroundRunMixin, QWidget):
             mkwargs["metadata"]["histogen_outline"] = True  # a result: not offered as an input mask
             below = offset + np.array([(result.mask.shape[0] + RESULT_GAP_PX) * mpp, 0.0])
             self.result_layers.append(self.viewer.add_labels(mdata, translate=below, **mkwargs))
-
-    def closeEvent(self, event):  # noqa: N802 - Qt API
-        self.cancel()
-        for engine in self._engines.values():
-            engine.free()
-        super().closeEvent(event)

@@ -23,7 +23,7 @@ from ..provenance import array_sha256, make_provenance
 from .base import CancelFlag, EngineRequest, SynthesisResult
 
 __all__ = ["NasdmRequest", "SynthesisResult", "NasdmEngine", "prepare_mask", "resample_nuclei", "default_steps",
-           "model_lines", "SAMPLERS", "VARIANCES"]
+           "model_lines", "model_summary", "read_model_config", "SAMPLERS", "VARIANCES"]
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,29 @@ class NasdmEngine:
                 notes=list(notes))
             results.append(SynthesisResult(image=image, mask=mask, provenance=prov, notes=list(notes)))
         return results
+
+
+def read_model_config(model=None):
+    """The config of NASDM model ``model`` (as :class:`NasdmEngine` takes it) without loading its weights."""
+    import json
+
+    from ..models.registry import resolve_nasdm
+    from ..nasdm.checkpoint import NasdmModelConfig, find_model_files
+
+    _weights, sidecar = find_model_files(resolve_nasdm(model))
+    if sidecar is None:
+        return None
+    return NasdmModelConfig.from_dict(json.loads(sidecar.read_text()), source=sidecar.name)
+
+
+def model_summary(model=None) -> str:
+    """One line for the dock: the model's classes, patch size and scale (empty when it has no config)."""
+    cfg = read_model_config(model)
+    if cfg is None:
+        return ""
+    scheme = cfg.class_scheme()
+    names = ", ".join(c.name for c in scheme.classes)
+    return f"{scheme.name} ({names}); {cfg.image_size} px at {cfg.mpp:g} µm/px"
 
 
 def model_lines() -> list[str]:
