@@ -57,6 +57,12 @@ class NasdmModelConfig:
         Microns per pixel the model works at.
     training : dict
         What it was trained on and how (data, steps, hardware); free-form.
+    family : {"pixel", "latent"}
+        Pixel NASDM (``unet`` is a :class:`~napari_histogen.core.nasdm.unet.UNetConfig`) or
+        latent NASDM on TAEF2 (``unet`` is a
+        :class:`~napari_histogen.core.latent.model.LatentNetConfig`).
+    latent : dict
+        Latent models only: the autoencoder and the per-channel latent mean and std.
     """
 
     unet: dict
@@ -65,9 +71,14 @@ class NasdmModelConfig:
     class_ids: list
     mpp: float
     training: dict = field(default_factory=dict)
+    family: str = "pixel"
+    latent: dict = field(default_factory=dict)
 
     @property
     def image_size(self) -> int:
+        """Patch side in pixels."""
+        if self.family == "latent":
+            return int(self.unet["unet"]["image_size"]) * int(self.unet.get("downscale", 8))
         return int(self.unet["image_size"])
 
     def class_scheme(self) -> ClassScheme:
@@ -76,7 +87,8 @@ class NasdmModelConfig:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "unet": self.unet, "diffusion": self.diffusion,
                 "scheme": self.scheme, "class_ids": [int(c) for c in self.class_ids], "mpp": float(self.mpp),
-                "training": self.training}
+                "training": self.training, "family": self.family,
+                **({"latent": self.latent} if self.family == "latent" else {})}
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "model config") -> "NasdmModelConfig":
@@ -88,7 +100,8 @@ class NasdmModelConfig:
         try:
             return cls(unet=dict(data["unet"]), diffusion=dict(data["diffusion"]), scheme=dict(data["scheme"]),
                        class_ids=[int(c) for c in data["class_ids"]], mpp=float(data["mpp"]),
-                       training=dict(data.get("training") or {}))
+                       training=dict(data.get("training") or {}), family=str(data.get("family", "pixel")),
+                       latent=dict(data.get("latent") or {}))
         except (KeyError, TypeError, ValueError) as err:
             raise CorruptFileError(f"{source} is missing or has a bad field ({err!r}).") from None
 
@@ -220,8 +233,15 @@ def load_nasdm(path, *, device="cpu", expected_sha256: str | None = None) -> Loa
         except (KeyError, json.JSONDecodeError):
             raise CorruptFileError(f"{weights} has no NASDM config: put its .json next to it.") from None
     config = NasdmModelConfig.from_dict(meta, source=str(sidecar or weights))
-    unet_config = UNetConfig.from_dict(config.unet)
-    model = NasdmUNet(unet_config)
+    if config.family not in ("pixel", "latent"):
+        raise HistogenInputError(f"{weights.name} is a NASDM model of family '{config.family}', which this version "
+                                 "does not know; upgrade napari-histogen.")
+    if config.family == "latent":
+        from ..latent.model import LatentNasdmNet, LatentNetConfig
+
+        model = LatentNasdmNet(LatentNetConfig.from_dict(config.unet))
+    else:
+        model = NasdmUNet(UNetConfig.from_dict(config.unet))
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as err:
@@ -230,4 +250,9 @@ def load_nasdm(path, *, device="cpu", expected_sha256: str | None = None) -> Loa
             f"The weights in {weights.name} do not fit the model described by its config ({first}...). "
             "The .json belongs to another model; use the pair written together by the same run.") from None
     model.eval().requires_grad_(False).to(device)
+    if config.family == "latent":
+        from ..latent.sampling import LatentModel
+        from ..latent.taef2 import load_taef2
+
+        model = LatentModel(model, load_taef2(device=device), config)
     return LoadedNasdm(model=model, config=config, weights_path=weights, sha256=sha, sha256_checked=checked)

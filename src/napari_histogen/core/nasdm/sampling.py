@@ -23,12 +23,17 @@ import torch
 from ..errors import HistogenInputError
 from ..progress import ProgressCallback, check_cancel
 
-__all__ = ["SAMPLERS", "make_scheduler", "guided_output", "sample"]
+__all__ = ["SAMPLERS", "VARIANCES", "make_scheduler", "guided_output", "sample"]
 
 SAMPLERS = ("ddpm", "ddim")
+#: Variance of the ancestral DDPM step. "learned": the network's interpolation ``v``
+#: (improved-DDPM); "fixed_small": the posterior variance beta-tilde, which is what a
+#: model whose variance head is not trained yet should use (a briefly trained head ends a
+#: respaced chain with one large noisy step: white pixel speckle).
+VARIANCES = ("learned", "fixed_small")
 
 
-def make_scheduler(sampler: str, diffusion: dict, steps: int):
+def make_scheduler(sampler: str, diffusion: dict, steps: int, *, variance: str = "learned"):
     """A diffusers scheduler for the model's training schedule, set to ``steps`` steps."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -38,8 +43,11 @@ def make_scheduler(sampler: str, diffusion: dict, steps: int):
     common = dict(num_train_timesteps=num_train, beta_schedule="linear", beta_start=float(diffusion.get("beta_start", 1e-4)),
                   beta_end=float(diffusion.get("beta_end", 0.02)), prediction_type="epsilon", clip_sample=True,
                   timestep_spacing="linspace")
+    if variance not in VARIANCES:
+        raise HistogenInputError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
     if sampler == "ddpm":
-        scheduler = DDPMScheduler(variance_type="learned_range", **common)
+        scheduler = DDPMScheduler(variance_type="learned_range" if variance == "learned" else "fixed_small",
+                                  **common)
     elif sampler == "ddim":
         scheduler = DDIMScheduler(set_alpha_to_one=True, **common)
     else:
@@ -51,7 +59,9 @@ def make_scheduler(sampler: str, diffusion: dict, steps: int):
 def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Network output ``[eps, v]`` with classifier-free guidance (one batched forward).
 
-    With ``guidance == 0`` only the conditional pass runs.
+    The guidance form is the NASDM paper's eq. 7, ``eps = eps(y) + s (eps(y) - eps(null))``.
+    The reference code writes ``eps(null) + s' (eps(y) - eps(null))``, so its ``s' = 1.5``
+    is ``s = 0.5`` here. With ``guidance == 0`` only the conditional pass runs.
     """
     n = x.shape[0]
     tt = t.expand(n) if t.ndim == 0 else t
@@ -66,7 +76,7 @@ def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, g
 
 def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guidance: float = 1.5,
            sampler: str = "ddpm", generators=None, progress: ProgressCallback = None, cancel=None,
-           autocast_dtype=None, channels: int = 3) -> torch.Tensor:
+           autocast_dtype=None, channels: int = 3, variance: str | None = None) -> torch.Tensor:
     """Draw one image per condition.
 
     Parameters
@@ -80,8 +90,11 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
     steps : int
         Respaced steps (1000 = the full chain).
     guidance : float
-        Classifier-free guidance scale ``s`` (0 = conditional only).
+        Classifier-free guidance scale ``s`` in the paper's form (0 = conditional only; the
+        reference code's 1.5 is 0.5 here).
     sampler : {"ddpm", "ddim"}
+    variance : {"learned", "fixed_small"}, optional
+        Variance of the DDPM step (None = "learned"); see :data:`VARIANCES`.
     generators : list of torch.Generator, optional
         One CPU generator per sample (reproducible across devices and batch sizes).
     progress : callable(done, total), optional
@@ -95,13 +108,17 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
     -------
     tensor (N, 3, H, W) float32 in [-1, 1] on ``cond``'s device.
     """
+    if getattr(model, "is_latent", False):  # latent NASDM: its own sampler, decoded to RGB
+        return model.sample(cond, steps=steps, guidance=guidance, sampler=sampler, generators=generators,
+                            progress=progress, cancel=cancel, autocast_dtype=autocast_dtype).clamp(-1, 1)
     device = cond.device
     n = cond.shape[0]
     if generators is None:
         generators = [torch.Generator().manual_seed(i) for i in range(n)]
     if len(generators) != n:
         raise ValueError("one generator per condition is needed")
-    scheduler = make_scheduler(sampler, diffusion, steps)
+    variance = "learned" if variance is None else variance
+    scheduler = make_scheduler(sampler, diffusion, steps, variance=variance)
     shape = (channels,) + tuple(cond.shape[-2:])
     x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
     timesteps = scheduler.timesteps
@@ -115,7 +132,8 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
                 out = guided_output(model, x, t.to(device), cond, guidance)
             if sampler == "ddpm":
                 # one noise draw per sample, from its own generator (diffusers draws per batch item)
-                x = scheduler.step(out, int(t), x, generator=list(generators)).prev_sample
+                step_out = out if variance == "learned" else out[:, :channels]
+                x = scheduler.step(step_out, int(t), x, generator=list(generators)).prev_sample
             else:
                 x = scheduler.step(out[:, :channels], int(t), x, eta=0.0).prev_sample
             if progress is not None:

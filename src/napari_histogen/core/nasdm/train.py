@@ -366,14 +366,14 @@ def _load_state(folder: Path, model, ema, optimizer, device) -> int:
                                  "or restore it from a backup.") from None
 
 
-def _check_same_run(run_json: Path, settings: TrainSettings) -> None:
+def _check_same_run(run_json: Path, settings, fixed=_FIXED) -> None:
     try:
         previous = json.loads(run_json.read_text())["settings"]
     except (OSError, KeyError, json.JSONDecodeError):
         raise HistogenInputError(f"{run_json} is missing or damaged, so this run cannot be resumed safely; "
                                  "use a new --out folder.") from None
     now = asdict(settings)
-    changed = [k for k in _FIXED if previous.get(k) != now.get(k)]
+    changed = [k for k in fixed if previous.get(k) != now.get(k)]
     if changed:
         raise HistogenInputError(
             f"{run_json.parent} is a run with other {', '.join(changed)} "

@@ -56,6 +56,11 @@ class UNetConfig:
         GroupNorm groups (32; must divide every width).
     learn_sigma : bool
         Predict the variance interpolation as well as epsilon.
+    cond_resize : {"nearest", "area"}
+        How the condition reaches each SPADE layer's size: "nearest" (SDM/NASDM, for
+        one-hot masks at the image's resolution) or "area" (averaging, for learned condition
+        features that a latent model computes from the full-resolution mask: nearest
+        subsampling would drop what lies between the kept pixels).
     """
 
     image_size: int = 128
@@ -70,8 +75,11 @@ class UNetConfig:
     dropout: float = 0.0
     groups: int = 32
     learn_sigma: bool = True
+    cond_resize: str = "nearest"
 
     def __post_init__(self):
+        if self.cond_resize not in ("nearest", "area"):
+            raise HistogenInputError(f"cond_resize must be 'nearest' or 'area', not {self.cond_resize!r}.")
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
         widths = {self.model_channels * m for m in self.channel_mult}
@@ -152,15 +160,20 @@ class GroupNorm32(nn.GroupNorm):
 class SpadeGroupNorm(nn.Module):
     """GroupNorm without affine, modulated per pixel by the condition map."""
 
-    def __init__(self, channels: int, cond_channels: int, hidden: int, groups: int):
+    def __init__(self, channels: int, cond_channels: int, hidden: int, groups: int, resize: str = "nearest"):
         super().__init__()
+        self.resize = resize
         self.norm = GroupNorm32(groups, channels, affine=False)
         self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU())
         self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
         self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
 
     def forward(self, x, cond):
-        cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
+        if cond.shape[-2:] != x.shape[-2:]:
+            if self.resize == "area" and cond.shape[-1] >= x.shape[-1]:
+                cond = F.adaptive_avg_pool2d(cond, x.shape[-2:])
+            else:
+                cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
         act = self.shared(cond)
         return self.norm(x) * (1 + self.gamma(act)) + self.beta(act)
 
@@ -169,12 +182,12 @@ class ResBlock(nn.Module):
     """Residual block with timestep scale/shift; SPADE normalisation when ``cond_channels``."""
 
     def __init__(self, channels, emb_channels, out_channels, *, dropout, groups,
-                 cond_channels: int | None = None, spade_hidden: int = 128):
+                 cond_channels: int | None = None, spade_hidden: int = 128, cond_resize: str = "nearest"):
         super().__init__()
         self.spade = cond_channels is not None
         if self.spade:
-            self.in_norm = SpadeGroupNorm(channels, cond_channels, spade_hidden, groups)
-            self.out_norm = SpadeGroupNorm(out_channels, cond_channels, spade_hidden, groups)
+            self.in_norm = SpadeGroupNorm(channels, cond_channels, spade_hidden, groups, cond_resize)
+            self.out_norm = SpadeGroupNorm(out_channels, cond_channels, spade_hidden, groups, cond_resize)
         else:
             self.in_norm = GroupNorm32(groups, channels)
             self.out_norm = GroupNorm32(groups, out_channels)
@@ -257,7 +270,8 @@ class NasdmUNet(nn.Module):
         emb_ch = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         res_kw = dict(dropout=cfg.dropout, groups=cfg.groups)
-        spade_kw = dict(res_kw, cond_channels=cfg.cond_channels, spade_hidden=cfg.spade_hidden)
+        spade_kw = dict(res_kw, cond_channels=cfg.cond_channels, spade_hidden=cfg.spade_hidden,
+                        cond_resize=cfg.cond_resize)
 
         self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()

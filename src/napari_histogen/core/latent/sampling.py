@@ -1,0 +1,84 @@
+"""A loaded latent NASDM model: denoiser + TAEF2 + latent statistics, sampled to RGB.
+
+:class:`LatentModel` is what :func:`~napari_histogen.core.nasdm.checkpoint.load_nasdm`
+returns as the ``model`` of a latent-family checkpoint, and what
+:func:`~napari_histogen.core.nasdm.sampling.sample` hands over to when it is given one, so
+the NASDM engine, CLI and dock use either family the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..progress import ProgressCallback
+from .diffusion import LATENT_SAMPLERS, sample_latents
+
+__all__ = ["LatentModel", "decode_latents", "DEFAULT_SAMPLER", "DEFAULT_STEPS"]
+
+DEFAULT_SAMPLER = "dpmpp"
+DEFAULT_STEPS = 20
+
+
+class LatentModel:
+    """Denoiser (eval mode), autoencoder and config of a latent NASDM model."""
+
+    is_latent = True
+
+    def __init__(self, net, taef2, config):
+        self.net = net
+        self.taef2 = taef2
+        self.config = config
+        lat = config.latent
+        self.mean = torch.tensor(lat["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(lat["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+    @property
+    def device(self):
+        return next(self.net.parameters()).device
+
+    def parameters(self):
+        return self.net.parameters()
+
+    def n_parameters(self) -> int:
+        return self.net.n_parameters()
+
+    @property
+    def recommended(self) -> dict:
+        """Sampler, steps and guidance the model was validated with."""
+        tr = self.config.training or {}
+        return {"sampler": tr.get("sampler", DEFAULT_SAMPLER), "steps": int(tr.get("default_steps", DEFAULT_STEPS)),
+                "guidance": float(tr.get("default_guidance", 1.0))}
+
+    def sample_latents(self, cond: torch.Tensor, *, steps: int, guidance: float, sampler: str = DEFAULT_SAMPLER,
+                       generators=None, progress: ProgressCallback = None, cancel=None,
+                       autocast_dtype=None) -> torch.Tensor:
+        cfg = self.net.config
+        shape = (int(cfg.unet["in_channels"]), cond.shape[-2] // cfg.downscale, cond.shape[-1] // cfg.downscale)
+        return sample_latents(self.net, cond, self.config.diffusion, latent_shape=shape, steps=steps,
+                              guidance=guidance, sampler=sampler, generators=generators, progress=progress,
+                              cancel=cancel, autocast_dtype=autocast_dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> RGB in [0, 1] ``(N, 3, H, W)`` float32."""
+        with torch.inference_mode():
+            z = z.float() * self.std.to(z.device) + self.mean.to(z.device)
+            dtype = next(self.taef2.parameters()).dtype
+            return self.taef2.decode(z.to(dtype)).float()
+
+    def sample(self, cond: torch.Tensor, *, steps=None, guidance=None, sampler=None, generators=None,
+               progress: ProgressCallback = None, cancel=None, autocast_dtype=None) -> torch.Tensor:
+        """RGB samples in [-1, 1] ``(N, 3, H, W)``, as pixel NASDM's :func:`sample` returns."""
+        rec = self.recommended
+        sampler = rec["sampler"] if sampler in (None, "", "auto") or sampler not in LATENT_SAMPLERS else sampler
+        z = self.sample_latents(cond, steps=int(steps or rec["steps"]),
+                                guidance=rec["guidance"] if guidance is None else float(guidance), sampler=sampler,
+                                generators=generators, progress=progress, cancel=cancel,
+                                autocast_dtype=autocast_dtype)
+        return self.decode(z) * 2 - 1
+
+
+def decode_latents(model: LatentModel, z: torch.Tensor) -> list[np.ndarray]:
+    """Normalised latents -> list of ``(H, W, 3)`` uint8 RGB images."""
+    rgb = model.decode(z).clamp(0, 1)
+    return [np.round(img.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8) for img in rgb]

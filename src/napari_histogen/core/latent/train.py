@@ -1,0 +1,318 @@
+"""Training latent NASDM: a resumable run folder like pixel NASDM's.
+
+::
+
+    RUN_DIR/run.json                  settings, data summary, model config
+    RUN_DIR/log.csv                   step, loss, unweighted mse, lr, seconds, patches/s
+    RUN_DIR/latents/                  TAEF2 latents of the training windows (see latent.data)
+    RUN_DIR/samples/step_000500.png   mask | EMA sample | real, for validation windows
+    RUN_DIR/checkpoints/last/         raw + EMA weights, optimizer, step (to resume)
+    RUN_DIR/model/nasdm.safetensors   EMA weights for sampling, with nasdm.json (sha256)
+
+The batch of a step, its timesteps, noise, transforms and condition dropout come from
+``(seed, step)``, so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HistogenInputError
+from ..progress import ProgressCallback, check_cancel
+
+__all__ = ["LatentTrainSettings", "train_latent_nasdm"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatentTrainSettings:
+    """Settings of a latent NASDM training run (recorded in ``run.json``).
+
+    Parameters
+    ----------
+    data, out, fmt, scheme, source_mpp
+        As for pixel NASDM (:class:`~napari_histogen.core.nasdm.train.TrainSettings`).
+    size : str
+        Latent denoiser preset (:data:`~napari_histogen.core.latent.model.LATENT_PRESETS`).
+    steps : int
+        Total optimisation steps to reach.
+    batch_size : int
+    lr : float
+        Peak AdamW learning rate, reached after ``warmup`` steps (linear from 0).
+    ema_decay : float
+        EMA decay, warmed up as ``min(decay, (1 + step) / (10 + step))``.
+    cond_drop : float
+        Probability of the null condition (classifier-free guidance) once ``step >=
+        cond_drop_from``: the reference trains without dropout first, then with 0.2.
+    prediction : {"v", "epsilon"}
+    min_snr_gamma : float
+        Min-SNR-gamma loss weighting (0 = plain MSE).
+    image_size : int
+        Window side in pixels at ``mpp`` (256 at 40x: a 32 x 32 latent).
+    mpp : float
+        Microns per pixel the model works at (0.25 = 40x, TAEF2's best reconstruction).
+    transforms : int
+        How many of the 8 dihedral transforms to encode and train on (1-8).
+    """
+
+    data: str
+    out: str
+    fmt: str = "auto"
+    size: str = "cpu"
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 2e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    cond_drop: float = 0.15
+    cond_drop_from: int = 0
+    prediction: str = "v"
+    min_snr_gamma: float = 5.0
+    image_size: int = 256
+    mpp: float = 0.25
+    overlap: float = 0.0
+    min_tissue: float = 0.5
+    val_fraction: float = 0.1
+    transforms: int = 8
+    sample_every: int = 500
+    checkpoint_every: int = 100
+    log_every: int = 10
+    sample_steps: int = 20
+    sample_guidance: float = 1.0
+    device: str = "auto"
+    seed: int = 0
+    scheme: str | None = None
+    source_mpp: float | None = None
+    grad_clip: float = 1.0
+    threads: int | None = None
+    model_overrides: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise HistogenInputError("Steps and batch size must be at least 1.")
+        if not 0 <= self.cond_drop < 1:
+            raise HistogenInputError(f"Condition dropout must be in [0, 1), not {self.cond_drop}.")
+        if not 0 < self.ema_decay < 1:
+            raise HistogenInputError(f"EMA decay must be in (0, 1), not {self.ema_decay}.")
+        if self.lr <= 0:
+            raise HistogenInputError(f"Learning rate must be positive, not {self.lr}.")
+        if self.image_size % 8:
+            raise HistogenInputError(f"The patch size must be a multiple of 8 for TAEF2, not {self.image_size}.")
+        if not 1 <= int(self.transforms) <= 8:
+            raise HistogenInputError(f"Transforms must be 1 to 8, not {self.transforms}.")
+
+
+#: The order in which dihedral transforms are used: the first four form a group (identity,
+#: half turn and the two diagonal flips), so a run with 4 still sees every orientation class.
+TRANSFORM_ORDER = (0, 5, 2, 7, 1, 4, 3, 6)
+
+# The settings that fix the model and the data: a resumed run must keep them.
+_FIXED = ("size", "image_size", "mpp", "data", "fmt", "overlap", "min_tissue", "val_fraction", "seed", "scheme",
+          "source_mpp", "model_overrides", "prediction", "transforms")
+
+
+def _latent_stats(latents: dict):
+    """Per-channel mean and std over every encoded window (float64 accumulation)."""
+    import torch
+
+    allz = torch.cat([z.float() for z in latents.values()])
+    mean = allz.mean(dim=(0, 2, 3), dtype=torch.float64)
+    std = allz.std(dim=(0, 2, 3)).double()
+    return mean.tolist(), std.clamp_min(1e-3).tolist()
+
+
+def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallback = None, cancel=None,
+                       log_fn=print):
+    """Train (or continue) a latent NASDM model; returns the nasdm TrainResult."""
+    import torch
+
+    from ..devices import describe_device, resolve_device
+    from ..nasdm.checkpoint import NasdmModelConfig, save_nasdm
+    from ..nasdm.condition import condition_channels, make_condition
+    from ..nasdm.data import build_patch_set, dihedral
+    from ..nasdm.train import TrainResult, _batch_indices, _check_same_run, _ema_update, _load_state, _save_state
+    from ..nasdm.train import _write_json
+    from ..progress import Cancelled
+    from .data import encode_all
+    from .diffusion import LatentDiffusion, default_diffusion
+    from .model import LatentNasdmNet, latent_preset
+    from .taef2 import TAEF2_SHA256, describe, load_taef2
+
+    settings.check()
+    if settings.threads:
+        torch.set_num_threads(int(settings.threads))
+    run_dir = Path(settings.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints" / "last"
+    resuming = (ckpt_dir / "state.json").is_file()
+    if resuming:
+        _check_same_run(run_dir / "run.json", settings, fixed=_FIXED)
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+
+    log_fn(f"Reading {settings.data} ...")
+    patches = build_patch_set(settings.data, settings.fmt, target_mpp=settings.mpp, patch_size=settings.image_size,
+                              overlap=settings.overlap, min_tissue=settings.min_tissue,
+                              val_fraction=settings.val_fraction, seed=settings.seed, scheme=settings.scheme,
+                              source_mpp=settings.source_mpp)
+    train_refs = list(patches.train)
+    if not train_refs:
+        raise HistogenInputError(f"No training windows in {settings.data} (after the tissue filter); check the "
+                                 "format and the tissue threshold.")
+    class_ids = list(patches.class_ids)
+    taef2 = load_taef2(device=device)
+    latents = encode_all(patches, train_refs, taef2, TAEF2_SHA256, run_dir / "latents",
+                         transforms=TRANSFORM_ORDER[: int(settings.transforms)], device=device, cancel=cancel, log_fn=log_fn)
+    mean, std = _latent_stats(latents)
+    n_train = len(train_refs)
+    n_items = n_train * len(latents)
+    stack = torch.cat([latents[k] for k in latents])  # item i: transform i // n_train, window i % n_train
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    transforms = list(latents)
+
+    net_cfg = latent_preset(settings.size, cond_channels=condition_channels(class_ids),
+                            latent_size=settings.image_size // 8, **settings.model_overrides)
+    diffusion_cfg = default_diffusion(settings.prediction, settings.min_snr_gamma)
+    diffusion = LatentDiffusion(diffusion_cfg)
+    model = LatentNasdmNet(net_cfg).to(device)
+    ema = LatentNasdmNet(net_cfg).to(device).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    latent_info = {"autoencoder": describe(), "channels": 32, "downscale": 8, "mean": mean, "std": std}
+    model_config = NasdmModelConfig(unet=net_cfg.to_dict(), diffusion=diffusion_cfg, scheme=patches.scheme.to_dict(),
+                                    class_ids=class_ids, mpp=settings.mpp, family="latent", latent=latent_info)
+    step = 0
+    if resuming:
+        step = _load_state(ckpt_dir, model, ema, optimizer, device)
+        log_fn(f"Resuming {run_dir} at step {step}.")
+    else:
+        ema.load_state_dict(model.state_dict())
+        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": patches.summary,
+                                           "model": model_config.to_dict(), "parameters": model.n_parameters()})
+    model_config.training = {"data": settings.data, "run": run_dir.name, "data_summary": patches.summary,
+                             "device": describe_device(device), "batch_size": settings.batch_size, "lr": settings.lr,
+                             "warmup": settings.warmup, "cond_drop": settings.cond_drop,
+                             "cond_drop_from": settings.cond_drop_from, "ema_decay": settings.ema_decay,
+                             "seed": settings.seed, "transforms": len(transforms), "windows": n_train,
+                             "sampler": "dpmpp", "default_steps": 20, "default_guidance": settings.sample_guidance}
+    log_fn(f"{model.n_parameters() / 1e6:.2f} M parameters, {n_train} training windows x {len(transforms)} "
+           f"transforms, {len(patches.val)} validation windows, classes {class_ids}, {describe_device(device)}")
+
+    def batch(step_: int):
+        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step_)
+        idx = _batch_indices(step_, settings.batch_size, n_items, settings.seed)
+        z0 = (stack[idx].float() - mean_t) / std_t
+        conds = []
+        for i in idx:
+            k, w = transforms[i // n_train], i % n_train
+            _, inst, classes = patches.crop(train_refs[w])
+            conds.append(make_condition(np.ascontiguousarray(dihedral(inst, k)), classes, class_ids))
+        cond = torch.from_numpy(np.stack(conds))
+        p_drop = settings.cond_drop if step_ >= settings.cond_drop_from else 0.0
+        cond[torch.rand(len(idx), generator=gen) < p_drop] = 0
+        t = torch.randint(0, diffusion.num_timesteps, (len(idx),), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        return z0.to(device), cond.to(device), t.to(device), noise.to(device)
+
+    log_path = run_dir / "log.csv"
+    new_log = not log_path.is_file()
+    grids: list[Path] = []
+    t_start = time.perf_counter()
+    last_loss = None
+    window_loss: list[float] = []
+    window_mse: list[float] = []
+    t_window = time.perf_counter()
+    model.train()
+    with open(log_path, "a", newline="") as log_file:
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(["step", "loss", "mse", "lr", "seconds", "patches_per_s"])
+        try:
+            while step < settings.steps:
+                check_cancel(cancel)
+                lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                z0, cond, t, noise = batch(step)
+                losses = diffusion.training_loss(model, z0, t, cond, noise)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower the learning "
+                                             "rate, then resume.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                optimizer.step()
+                _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
+                step += 1
+                last_loss = float(loss.detach())
+                window_loss.append(last_loss)
+                window_mse.append(float(losses["mse"].mean()))
+                if step % settings.log_every == 0 or step == settings.steps:
+                    elapsed = time.perf_counter() - t_window
+                    writer.writerow([step, f"{np.mean(window_loss):.5f}", f"{np.mean(window_mse):.5f}", f"{lr:.3g}",
+                                     f"{time.perf_counter() - t_start:.1f}",
+                                     f"{len(window_loss) * settings.batch_size / max(elapsed, 1e-9):.2f}"])
+                    log_file.flush()
+                    window_loss, window_mse, t_window = [], [], time.perf_counter()
+                if step % settings.checkpoint_every == 0 or step == settings.steps:
+                    _save_state(ckpt_dir, model, ema, optimizer, step)
+                    model_config.training["steps"] = step
+                    save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
+                if step % settings.sample_every == 0 or step == settings.steps:
+                    grids.append(_sample_grid(ema, taef2, patches, list(patches.val)[:4] or train_refs[:4],
+                                              model_config, run_dir / "samples" / f"step_{step:06d}.png", settings,
+                                              device))
+                    model.train()
+                if progress is not None:
+                    progress(step, settings.steps)
+        except Cancelled:
+            log_fn(f"Stopped at step {step}; saving a checkpoint to resume from.")
+            _save_state(ckpt_dir, model, ema, optimizer, step)
+            model_config.training["steps"] = step
+            save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
+    model_path = run_dir / "model" / "nasdm.safetensors"
+    if not model_path.is_file():
+        model_config.training["steps"] = step
+        save_nasdm(ema, model_config, model_path)
+    return TrainResult(run_dir=run_dir, model_path=model_path, step=step, seconds=time.perf_counter() - t_start,
+                       last_loss=last_loss, sample_grids=grids)
+
+
+def _sample_grid(ema, taef2, patches, refs, model_config, path: Path, settings: LatentTrainSettings,
+                 device) -> Path:
+    """Rows of ``mask | EMA sample | real`` for a few validation windows, saved as PNG."""
+    import torch
+    from skimage.io import imsave
+
+    from ..nasdm.render import condition_to_rgb
+    from .sampling import decode_latents, LatentModel
+
+    wrapper = LatentModel(ema.eval(), taef2, model_config)
+    conds, reals = [], []
+    for ref in refs:
+        image, inst, classes = patches.crop(ref)
+        conds.append(patches.condition(ref))
+        reals.append(np.asarray(image))
+    cond = torch.from_numpy(np.stack(conds)).to(device)
+    gens = [torch.Generator().manual_seed(settings.seed + i) for i in range(len(refs))]
+    z = wrapper.sample_latents(cond, steps=settings.sample_steps, guidance=settings.sample_guidance,
+                               sampler="dpmpp", generators=gens)
+    images = decode_latents(wrapper, z)
+    scheme = model_config.class_scheme()
+    rows = []
+    for c, img, real in zip(conds, images, reals):
+        rows.append(np.concatenate([condition_to_rgb(c, model_config.class_ids, scheme), img, real], axis=1))
+    pad = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    grid = np.concatenate([r for row in rows for r in (row, pad)][:-1], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(path, grid, check_contrast=False)
+    return path
