@@ -1,4 +1,4 @@
-"""core/ must never import napari, qtpy or magicgui (DESIGN.md): checked statically and at run time."""
+"""core/ must never import napari, qtpy or magicgui (docs/ARCHITECTURE.md): checked statically and at run time."""
 
 import ast
 import subprocess

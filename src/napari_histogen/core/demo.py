@@ -7,12 +7,15 @@ of the IHC sample's nuclei (derived heuristically, CoNSeP scheme, 0.5 µm/px).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from .masks import NucleiMask, relabel_sequential, remap_classes
-from .progress import ProgressCallback
+from .progress import ProgressCallback, sub_progress
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["NUCLS_TO_CONSEP", "demo_masks", "synthesize_demo"]
 
@@ -25,7 +28,7 @@ def demo_masks(image_size: int = 128, mpp: float = 0.5) -> list[tuple[str, Nucle
     """``(name, nuclei mask, real image or None)`` at the model's scale and patch size."""
     from skimage.transform import resize
 
-    from .engines.nasdm import resample_nuclei
+    from .masks import resample_nuclei
     from .sample import ihc_sample, nucls_sample
 
     out = []
@@ -58,7 +61,7 @@ def _crop_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def synthesize_demo(out_dir, *, model=None, steps: int | None = None, seed: int = 0, device: str = "auto",
-                    progress: ProgressCallback = None, log=print) -> list[dict]:
+                    progress: ProgressCallback = None, log=None) -> list[dict]:
     """Synthesize one patch per demo mask with ``model`` (default: the embedded one) into ``out_dir``.
 
     Returns the written files per patch.
@@ -66,18 +69,22 @@ def synthesize_demo(out_dir, *, model=None, steps: int | None = None, seed: int 
     from .engines.nasdm import NasdmEngine, NasdmRequest
     from .io.synthesis import write_synthesis_pair
 
+    log = log or logger.info
     engine = NasdmEngine(model, device=device)
     info = engine.describe()
     log(f"NASDM model '{info['model']}' ({info['weights']}, sha256 {info['sha256'][:12]}... "
         f"{'checked' if info['sha256_checked'] else 'not checked'}), device {engine.device}")
     written = []
     masks = demo_masks(engine.config.image_size, engine.config.mpp)
-    for k, (name, mask, real) in enumerate(masks):
-        def sub(i, n, _k=k):
-            if progress is not None:
-                progress(_k * n + i, len(masks) * n)
+    request = NasdmRequest(steps=steps, seed=seed)
+    if request.steps is None:
+        from .engines.nasdm import default_steps
 
-        result = engine.run(NasdmRequest(nuclei=mask, steps=steps, seed=seed), progress=sub)[0]
+        request.steps = default_steps(engine.device)
+    for k, (name, mask, real) in enumerate(masks):
+        request.nuclei = mask
+        result = engine.run(request, progress=sub_progress(progress, k * request.steps,
+                                                           len(masks) * request.steps))[0]
         files = write_synthesis_pair(Path(out_dir), f"{name}_nasdm_s{seed}", result.image, result.nuclei,
                                      result.provenance, real=real)
         written.append(files)

@@ -98,7 +98,7 @@ def _to_unit_range(arr: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             raise HistogenInputError(f"The {name} contains NaN or infinite values.")
-        lo, hi = float(arr.min()), float(arr.max())
+        lo, hi = float(arr.min()), float(arr.max())  # type: ignore[assignment]
         if lo < 0:
             raise HistogenInputError(f"The {name} has negative values (min {lo:g}); expected 0..1 or 0..255.")
         if hi <= 1.0:

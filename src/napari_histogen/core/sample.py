@@ -20,10 +20,9 @@ from io import BytesIO, StringIO
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import HistogenInputError
 from .images import to_rgb_uint8
 from .io.annotated import AnnotatedImage
-from .masks import NucleiMask, as_label_image, check_same_shape, classes_from_type_map
+from .masks import NucleiMask, as_label_image, classes_from_type_map
 from .provenance import make_provenance
 from .render import render_overlay
 from .schemes import UNCLASSIFIED, get_scheme
@@ -289,7 +288,7 @@ def nucls_sample() -> AnnotatedImage:
 
 
 def _data_file(name: str) -> bytes:
-    return resources.files("napari_histogen").joinpath("data", "nucls", name).read_bytes()
+    return resources.files("napari_histogen").joinpath("data").joinpath("nucls").joinpath(name).read_bytes()
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -176,7 +177,7 @@ class NasdmEngine:
         expected = None
         if self.model_spec == "default":
             expected = _embedded_sha256()
-        self.loaded = load_nasdm(resolve_nasdm(model), device=self.device, expected_sha256=expected)
+        self.loaded: Any = load_nasdm(resolve_nasdm(model), device=self.device, expected_sha256=expected)
         self.config = self.loaded.config
 
     @property
@@ -210,7 +211,7 @@ class NasdmEngine:
         problems = request.problems()
         if self.loaded is None:
             problems.append("This engine was freed; create a new one.")
-        if not problems:
+        if not problems and request.nuclei is not None:
             try:
                 prepare_mask(request.nuclei, self.config, resample=request.resample)
             except HistogenInputError as err:
@@ -241,6 +242,7 @@ class NasdmEngine:
         if request.steps is None:
             request = replace(request, steps=default_steps(self.device))
         variance = request.variance or self.default_variance()
+        assert request.nuclei is not None  # check() refuses a request without a mask
         mask, notes = prepare_mask(request.nuclei, self.config, resample=request.resample)
         size = self.config.image_size
         h, w = mask.shape
@@ -249,10 +251,10 @@ class NasdmEngine:
         if (h, w) != (size, size):
             notes.append(f"The {w}x{h} px mask was padded with background to {size}x{size} for the model.")
         cond = torch.from_numpy(make_condition(padded, mask.classes, self.config.class_ids))[None].to(self.device)
-        n, bs, steps = request.n_samples, request.batch_size, int(request.steps)
+        n, bs, steps = request.n_samples, request.batch_size, int(request.steps or default_steps(self.device))
         batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
         total = len(batches) * steps
-        images = []
+        images: list[np.ndarray] = []
         for b, batch in enumerate(batches):
             check_cancel(cancel)
             gens = [torch.Generator().manual_seed(int(request.seed) + k) for k in batch]

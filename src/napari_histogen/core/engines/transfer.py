@@ -208,6 +208,7 @@ class TransferEngine:
         s = request.settings
         started = time.perf_counter()
         source, source_mask, targets = request.source_image, request.source_mask, request.target_masks
+        assert source is not None  # check() refuses a request without an image
         scheme = request.scheme
         runner = TransferRunner(self.parts, s, mode=self.mode, record=record)
         size = runner.size
@@ -270,6 +271,7 @@ class TransferEngine:
         """What the user should know before the outputs: skipped swaps, scales, resizing, missing classes."""
         size, scheme = runner.size, request.scheme
         source, targets = request.source_image, request.target_masks
+        assert source is not None
         notes: list[str] = []
         if request.settings.swap and runner.missing_sides:
             notes.append("No decoder self-attention layer of this model has "

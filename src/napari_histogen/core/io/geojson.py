@@ -404,7 +404,7 @@ def _features(data, path: Path) -> tuple[list, dict]:
     elif isinstance(data, Mapping):
         kind = data.get("type")
         if kind == "FeatureCollection":
-            features = data.get("features")
+            features = data.get("features")  # type: ignore[assignment]
             member = data.get("histogen")
             if isinstance(member, Mapping) and member.get("format") == _FORMAT:
                 if int(member.get("version", 0)) > _FORMAT_VERSION:

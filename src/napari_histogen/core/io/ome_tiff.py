@@ -382,7 +382,7 @@ def _histogen_meta(ome_xml: str, path: Path) -> dict | None:
         if element.tag.rsplit("}", 1)[-1] == "CommentAnnotation" and element.get("Namespace") == HISTOGEN_NAMESPACE:
             value = next((e for e in element if e.tag.rsplit("}", 1)[-1] == "Value"), None)
             try:
-                meta = json.loads(value.text if value is not None else "")
+                meta = json.loads(value.text if value is not None else "")  # type: ignore[arg-type]
             except (TypeError, ValueError) as err:
                 raise CorruptFileError(f"{path.name}: the napari-histogen metadata is not valid JSON ({err}).") from None
             if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
@@ -484,7 +484,7 @@ def _ome_mpp(ome_xml: str) -> float | None:
     if pixels is None or pixels.get("PhysicalSizeX") is None:
         return None
     try:
-        size = float(pixels.get("PhysicalSizeX"))
+        size = float(pixels.get("PhysicalSizeX"))  # type: ignore[arg-type]
     except ValueError:
         return None
     factor = _UM_PER_UNIT.get(pixels.get("PhysicalSizeXUnit", "µm"))

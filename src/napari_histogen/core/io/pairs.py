@@ -9,6 +9,8 @@ also ``<stem>.npz``, ``<stem>_mask.npz`` or ``<stem>_mask.tif`` next to the imag
 
 from __future__ import annotations
 
+from typing import Any
+
 import csv
 import zipfile
 from pathlib import Path
@@ -284,7 +286,7 @@ def _read_npz_mask(path: Path) -> dict:
             f"Mask {path.name} has no instance map: expected key 'inst_map' (or 'instances'), "
             f"found {sorted(arrays)}."
         )
-    mask = {"instances": as_label_image(inst, name=f"instance map of {path.name}")}
+    mask: dict[str, Any] = {"instances": as_label_image(inst, name=f"instance map of {path.name}")}
     types = _first(arrays, "type_map", "types")
     if types is not None:
         mask["types"] = as_label_image(types, name=f"type map of {path.name}")
@@ -294,8 +296,8 @@ def _read_npz_mask(path: Path) -> dict:
             raise CorruptFileError(f"Mask {path.name}: 'classes' must be an (N, 2) table of id, class.")
         mask["classes"] = {int(i): int(c) for i, c in table.reshape(-1, 2)}
     if "scheme" in arrays:
-        value = np.asarray(arrays["scheme"]).ravel()
-        value = value[0] if value.size else ""
+        raw = np.asarray(arrays["scheme"]).ravel()
+        value = raw[0] if raw.size else ""
         mask["scheme"] = value.decode() if isinstance(value, bytes) else str(value)
     if "mpp" in arrays:
         try:
@@ -330,7 +332,7 @@ def _read_tif_mask(path: Path) -> dict:
             f"Mask {path.name} has shape {data.shape}; expected an instance map (HxW) "
             "or instance and type maps (2xHxW or HxWx2)."
         )
-    mask = {"instances": as_label_image(inst, name=f"instance map of {path.name}")}
+    mask: dict[str, Any] = {"instances": as_label_image(inst, name=f"instance map of {path.name}")}
     if types is not None:
         mask["types"] = as_label_image(types, name=f"type map of {path.name}")
     return mask

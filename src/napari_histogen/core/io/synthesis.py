@@ -60,7 +60,7 @@ def write_synthesis_pair(out_dir, name: str, image: np.ndarray, nuclei: NucleiMa
     arrays = dict(inst_map=nuclei.instances, type_map=nuclei.type_map(), classes=table, scheme=np.array(nuclei.scheme.name))
     if nuclei.mpp is not None:
         arrays["mpp"] = np.array(nuclei.mpp)
-    np.savez_compressed(files["mask"], **arrays)
+    np.savez_compressed(files["mask"], **arrays)  # type: ignore[arg-type]
     write_ome_tiff(files["ome_tiff"], image, nuclei, provenance=provenance)
     imsave(files["side_by_side"], side_by_side(nuclei, image, real), check_contrast=False)
     files["provenance"].write_text(json.dumps(provenance, indent=2, default=json_default))

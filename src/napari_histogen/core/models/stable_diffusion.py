@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HistogenInputError
 from .registry import model_cache_dir
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SD_REPO",
@@ -214,7 +217,7 @@ def list_sd_models() -> dict[str, Path]:
 
 
 def fetch_stable_diffusion(repo_id: str = DEFAULT_SD_REPO, out=None, *, variant: str | None = None,
-                           log=print) -> Path:
+                           log=None) -> Path:
     """Download the parts of a Stable Diffusion repository the transfer needs (needs a network).
 
     Only ``model_index.json``, ``scheduler/``, ``tokenizer/`` and the safetensors weights and
@@ -229,6 +232,7 @@ def fetch_stable_diffusion(repo_id: str = DEFAULT_SD_REPO, out=None, *, variant:
     """
     from huggingface_hub import snapshot_download
 
+    log = log or logger.info
     repo_id = SD_ALIASES.get(str(repo_id).lower(), str(repo_id))
     if variant not in (None, "fp16"):
         raise HistogenInputError(f"Unknown weights variant '{variant}'; use fp16 or leave it out (fp32).")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptFileError, HistogenInputError
+from ..images import IMAGE_SUFFIXES
 from ..io.pairs import read_image_mask_pair, read_rgb_image
 from ..masks import as_label_image, check_same_shape, classes_from_type_map, nuclei_from_type_map, type_map_from_nuclei
 from ..provenance import json_default
@@ -42,7 +43,6 @@ from .layout import (
 
 __all__ = ["StudyCreated", "create_study", "IMAGE_SUFFIXES", "DEFAULT_GROUP"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: Group of every case when no ``per_class_from`` is given.
 DEFAULT_GROUP = "all"
 #: Image files whose stem ends like this are masks or overlays, not cases.

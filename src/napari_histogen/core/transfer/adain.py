@@ -127,7 +127,7 @@ class AdainStep:
                 out[i] = adain(out[i], app[0])
                 cls = "global"
             else:
-                cls = class_for_step(self.classes[i], step)
+                cls = class_for_step(self.classes[i], step)  # type: ignore[assignment]
                 if cls is None:
                     continue
                 tmask = torch.from_numpy(self.target_masks[i] == cls).to(out.device)

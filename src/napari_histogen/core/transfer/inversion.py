@@ -19,6 +19,8 @@ inversion settings), so making many targets from one source pays for its inversi
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 import threading
 import time
@@ -118,9 +120,9 @@ class Inversion:
     """An inverted latent: where denoising starts, and (edit-friendly) the noise maps it replays."""
 
     kind: str                 # "edit_friendly" or "ddim"
-    x_start: object           # (B, C, h, w) float32, the latent at the first executed timestep
-    zs: object | None         # (B, K, C, h, w) float32 noise maps (edit-friendly), else None
-    x0: object                # (B, C, h, w) the clean latents that were inverted
+    x_start: Any           # (B, C, h, w) float32, the latent at the first executed timestep
+    zs: Any         # (B, K, C, h, w) float32 noise maps (edit-friendly), else None
+    x0: Any                # (B, C, h, w) the clean latents that were inverted
     unet_calls: int = 0
     seconds: float = 0.0
 

@@ -14,6 +14,8 @@ from ``prompt_embeds.safetensors`` in the model folder when it has no text encod
 
 from __future__ import annotations
 
+from typing import Any
+
 import importlib.util
 import threading
 from dataclasses import dataclass, field
@@ -33,20 +35,20 @@ _LOCK = threading.Lock()
 class StableDiffusionParts:
     """The loaded parts of one Stable Diffusion model on one device."""
 
-    unet: object
-    vae: object
+    unet: Any
+    vae: Any
     scheduler_config: dict
-    device: object
-    dtype: object  # torch dtype of the networks (float32 on CPU; bf16/fp16 on CUDA)
-    tokenizer: object = None
-    text_encoder: object = None
+    device: Any
+    dtype: Any  # torch dtype of the networks (float32 on CPU; bf16/fp16 on CUDA)
+    tokenizer: Any = None
+    text_encoder: Any = None
     stored_embeds: dict | None = None  # {"prompt": str, "cond": tensor, "uncond": tensor | None}
     spec: str = "in-memory"
     path: Path | None = None
     source: str = "memory"
     sha256: str | None = None
     _prompts: dict = field(default_factory=dict)
-    lock: object = field(default_factory=threading.RLock)  # one run at a time per loaded model
+    lock: Any = field(default_factory=threading.RLock)  # one run at a time per loaded model
 
     @property
     def vae_scale_factor(self) -> int:

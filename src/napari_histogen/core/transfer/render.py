@@ -31,7 +31,7 @@ AUGMENTATIONS = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", 
 _SHAPE_KEEPING = ("identity", "rot180", "flip_lr", "flip_ud")
 
 
-def class_colours(image: np.ndarray, mask: np.ndarray | None) -> dict[int, tuple[int, int, int]]:
+def class_colours(image: np.ndarray, mask: np.ndarray | None) -> dict[int, tuple[int, ...]]:
     """Mean RGB colour of each label of ``mask`` in ``image`` (label -> colour); ``-1`` = the whole image."""
     img = np.asarray(image, dtype=np.float64).reshape(-1, 3)
     out = {-1: tuple(int(round(v)) for v in img.mean(axis=0))}

@@ -77,7 +77,7 @@ def build_unet_vae(kind: str = "tiny", *, seed: int = 0, image_size: int = 64):
         _wake(unet)
     else:
         raise ValueError(f"unknown model kind {kind!r}")
-    return unet.eval(), vae.eval(), sd15_scheduler_config()
+    return unet.eval(), vae.eval(), sd15_scheduler_config()  # type: ignore[attr-defined]
 
 
 def _wake(module) -> None:
