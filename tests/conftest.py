@@ -35,6 +35,13 @@ def save_tiny_nasdm(folder, *, image_size=32, scheme="consep", seed=0):
     return save_nasdm(model, config, folder / "nasdm.safetensors")
 
 
+def pytest_collection_modifyitems(config, items):
+    """GUI tests drive a real viewer (seconds each): they count as slow too (`pytest -m "not slow"`)."""
+    for item in items:
+        if item.get_closest_marker("gui") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_nasdm(tmp_path_factory):
     """Path of a tiny 32 px CoNSeP-scheme NASDM model at 0.5 µm/px."""

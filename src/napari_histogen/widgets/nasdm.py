@@ -80,7 +80,7 @@ class NasdmWidget(EngineDock):
         self.guidance_spin = QDoubleSpinBox()
         self.guidance_spin.setRange(0.0, 20.0)
         self.guidance_spin.setSingleStep(0.25)
-        self.guidance_spin.setValue(d["guidance"])
+        self.guidance_spin.setValue(d["guidance"] if d["guidance"] is not None else 1.5)  # then the model's
         self.guidance_spin.setToolTip("Classifier-free guidance scale s (0 = conditional model only)")
         form.addRow("guidance", self.guidance_spin)
         self.steps_spin = QSpinBox()
@@ -167,12 +167,27 @@ class NasdmWidget(EngineDock):
         spec = self.model_combo.currentData()
         if not spec:
             return
-        from ..core.engines.nasdm import model_summary
+        from ..core.engines import nasdm as engine_module
 
         try:
-            self.model_info.setText(model_summary(spec))
+            self.model_info.setText(engine_module.model_summary(spec))
+            self._apply_recommended(engine_module, spec)
         except (HistogenInputError, OSError, KeyError, ValueError) as err:
             self.model_info.setText(str(err))
+
+    def _apply_recommended(self, engine_module, spec) -> None:
+        """Steps and guidance the chosen model recommends (where the request leaves them to the model)."""
+        recommend = getattr(engine_module, "recommended_settings", None)
+        config = engine_module.read_model_config(spec)
+        if recommend is None or config is None:
+            return
+        device = self.device_combo.currentText()
+        rec = recommend(config, None if device == "auto" else device)
+        d = request_defaults(NasdmRequest)
+        if d.get("guidance") is None and rec.get("guidance") is not None:
+            self.guidance_spin.setValue(float(rec["guidance"]))
+        if d.get("steps") is None and rec.get("steps") is not None and device != "auto":
+            self.steps_spin.setValue(int(rec["steps"]))
 
     # -- running ------------------------------------------------------------------------
     def _mask_layer(self):
