@@ -13,21 +13,52 @@ from .cli_common import ProgressBar, add_device_options, defaults_of, eprint
 __all__ = ["add_train_parser", "add_nasdm_parser", "cmd_synthesize_nasdm", "cmd_train_nasdm"]
 
 
-def cmd_train_nasdm(args) -> int:
-    """Train or resume a NASDM model on a labelled dataset."""
-    from .core.nasdm.train import TrainSettings, train_nasdm
+#: ``histogen train nasdm`` options whose defaults depend on the model family: option -> settings field
+_FAMILY_DEFAULTS = {"size": "size", "steps": "steps", "batch_size": "batch_size", "lr": "lr", "cond_drop": "cond_drop",
+                    "ema": "ema_decay", "patch_size": "image_size", "mpp": "mpp", "overlap": "overlap",
+                    "sample_every": "sample_every", "checkpoint_every": "checkpoint_every",
+                    "sample_steps": "sample_steps"}
+_PIXEL_ONLY = ("init", "workers", "max_patches")
 
-    settings = TrainSettings(
-        data=args.data, out=args.out, fmt=args.format, size=args.size, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, cond_drop=args.cond_drop, ema_decay=args.ema, image_size=args.patch_size, mpp=args.mpp,
-        overlap=args.overlap, min_tissue=args.min_tissue, val_fraction=args.val_fraction,
-        stain_norm=None if args.stain_norm == "none" else args.stain_norm, init=args.init,
-        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps,
-        device=args.device, precision=args.precision, seed=args.seed, scheme=args.scheme, source_mpp=args.source_mpp,
-        workers=args.workers, max_patches=args.max_patches)
+
+def _family_settings(args):
+    """The settings dataclass of ``--family`` filled from the options (unset ones: its defaults)."""
+    from dataclasses import fields
+
+    if args.family == "latent":
+        from .core.latent.train import LatentTrainSettings as settings_type
+    else:
+        from .core.nasdm.train import TrainSettings as settings_type
+    defaults = {f.name: f.default for f in fields(settings_type)}
+    values = {field: (getattr(args, opt) if getattr(args, opt) is not None else defaults[field])
+              for opt, field in _FAMILY_DEFAULTS.items()}
+    common = dict(data=args.data, out=args.out, fmt=args.format, min_tissue=args.min_tissue,
+                  val_fraction=args.val_fraction, device=args.device, seed=args.seed, scheme=args.scheme,
+                  source_mpp=args.source_mpp, **values)
+    if args.family == "latent":
+        given = [f"--{opt.replace('_', '-')}" for opt in _PIXEL_ONLY if getattr(args, opt)]
+        if args.stain_norm != "none":
+            given.append("--stain-norm")
+        if given:
+            eprint(f"Note: {', '.join(given)} apply to pixel NASDM only and are ignored for --family latent.")
+        return settings_type(**common, prediction=args.prediction, transforms=args.transforms, threads=args.threads)
+    return settings_type(**common, stain_norm=None if args.stain_norm == "none" else args.stain_norm, init=args.init,
+                         precision=args.precision, workers=args.workers, max_patches=args.max_patches)
+
+
+def cmd_train_nasdm(args) -> int:
+    """Train or resume a NASDM model (pixel or latent family) on a labelled dataset."""
+    settings = _family_settings(args)
     bar = ProgressBar("training", "step")
     try:
-        result = train_nasdm(settings, progress=bar, log=eprint)
+        if args.family == "latent":
+            from .core.latent.train import train_latent_nasdm
+
+            result = train_latent_nasdm(settings, progress=bar, log_fn=eprint)
+        else:
+            from .core.nasdm.train import train_nasdm
+
+            result = train_nasdm(settings, progress=bar, log=eprint)
     finally:
         bar.close()
     print(f"Trained to step {result.step} in {result.seconds:.0f} s (last loss {result.last_loss}).")
@@ -72,29 +103,40 @@ def add_train_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train NASDM on a labelled nuclei dataset. Running it again with the same --out resumes from "
                     "the last checkpoint (--steps is the total). RUN_DIR gets run.json, log.csv, samples/*.png, "
-                    "checkpoints/last/ and model/nasdm.safetensors (EMA weights + .json with sha256).")
+                    "checkpoints/last/ and model/nasdm.safetensors (EMA weights + .json with sha256). "
+                    "--family latent trains on TAEF2 latents (40x, 256 px by default); options left unset take "
+                    "the family's defaults.")
     p.add_argument("--data", required=True, help="dataset file or folder (Lizard Labels/, CoNSeP Train/ or patch "
                                                  "folders, PanNuke/CoNIC .npy folder, image+mask folder)")
     p.add_argument("--format", default="auto", help="auto, lizard, consep, pannuke, conic or folder")
     p.add_argument("--out", required=True, help="run folder (created, or resumed)")
-    p.add_argument("--size", default="small", help="model size: paper (256 ch), small (128), cpu (64), tiny (tests)")
-    p.add_argument("--steps", type=int, default=10000, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (2e-5 to fine-tune)")
-    p.add_argument("--cond-drop", type=float, default=0.2, help="condition dropout for classifier-free guidance")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
-    p.add_argument("--patch-size", type=int, default=128)
-    p.add_argument("--mpp", type=float, default=0.5, help="model scale in µm/px (0.5 = 20x; 40x data is resampled)")
+    p.add_argument("--family", default="pixel", choices=("pixel", "latent"),
+                   help="pixel NASDM, or latent NASDM on the shipped TAEF2 autoencoder")
+    p.add_argument("--size", default=None, help="model size: pixel paper/small/cpu/tiny (default small), latent "
+                                                "small/cpu/tiny (default cpu)")
+    p.add_argument("--steps", type=int, default=None, help="total optimisation steps (pixel 10000, latent 4000)")
+    p.add_argument("--batch-size", type=int, default=None, help="pixel 8, latent 16")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (pixel 1e-4, latent 2e-4 after "
+                                                           "warm-up; 2e-5 to fine-tune)")
+    p.add_argument("--cond-drop", type=float, default=None,
+                   help="condition dropout for classifier-free guidance (pixel 0.2, latent 0.15)")
+    p.add_argument("--ema", type=float, default=None, help="EMA decay (0.999)")
+    p.add_argument("--patch-size", type=int, default=None, help="pixel 128, latent 256")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="model scale in µm/px (pixel 0.5 = 20x, latent 0.25 = 40x); data is resampled")
+    p.add_argument("--prediction", default="v", choices=("v", "epsilon"), help="latent: prediction target")
+    p.add_argument("--transforms", type=int, default=8, help="latent: dihedral transforms encoded per window (1-8)")
+    p.add_argument("--threads", type=int, default=None, help="latent: torch CPU threads")
     p.add_argument("--source-mpp", type=float, default=None, help="scale of the data when its format does not say")
-    p.add_argument("--overlap", type=float, default=0.5, help="patch overlap")
+    p.add_argument("--overlap", type=float, default=None, help="patch overlap (pixel 0.5, latent 0)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="drop patches with less tissue than this fraction")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share, split by source image")
     p.add_argument("--stain-norm", default="none", help="none, macenko or vahadane (reference: the image with most tissue)")
     p.add_argument("--scheme", default=None, help="class scheme for formats that do not record one")
     p.add_argument("--init", default=None, help="start from these NASDM weights (fine-tuning)")
-    p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--sample-steps", type=int, default=50, help="respaced DDPM steps for sample grids")
+    p.add_argument("--sample-every", type=int, default=None, help="steps between sample grids")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--sample-steps", type=int, default=None, help="sampling steps for the sample grids")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="auto", help="auto (bf16/fp16 on CUDA), fp32, bf16, fp16")
     p.add_argument("--seed", type=int, default=0)

@@ -24,16 +24,19 @@ from ..provenance import array_sha256, make_provenance
 from .base import CancelFlag, EngineRequest, SynthesisResult
 
 __all__ = ["NasdmRequest", "SynthesisResult", "NasdmEngine", "prepare_mask", "resample_nuclei", "default_steps",
-           "model_lines", "model_summary", "read_model_config", "SAMPLERS", "VARIANCES"]
+           "model_lines", "model_summary", "read_model_config", "recommended_settings", "SAMPLERS", "VARIANCES"]
 
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "nasdm"
 DEFAULT_STEPS_GPU = 250
 DEFAULT_STEPS_CPU = 75
-SAMPLERS = ("ddpm", "ddim")
-#: variance of the DDPM step; None in a request = the model's recommended one
+#: "ddpm" and "ddim" for pixel models; latent models take "dpmpp" (DPM-Solver++), "ddim", "ddpm"
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+#: variance of the pixel model's DDPM step; None in a request = the model's recommended one
 VARIANCES = ("learned", "fixed_small")
+#: guidance of pixel models whose record names none (NASDM paper form, eq. 7)
+DEFAULT_GUIDANCE_PIXEL = 1.5
 
 
 def default_steps(device) -> int:
@@ -52,12 +55,14 @@ class NasdmRequest(EngineRequest):
     n_samples : int
         Images to draw for this mask.
     steps : int or None
-        Respaced sampling steps (1000 = the full chain). None: :data:`DEFAULT_STEPS_GPU` (250)
-        on CUDA, :data:`DEFAULT_STEPS_CPU` (75) on CPU, where 250 steps of even the 7 M
-        model take well over a minute.
-    guidance : float
-        Classifier-free guidance scale (1.5).
-    sampler : {"ddpm", "ddim"}
+        Sampling steps (1000 = the full chain). None: the model's recommendation
+        (:func:`recommended_settings`: a latent model's validated few-step count; for pixel
+        models :data:`DEFAULT_STEPS_GPU` (250) on CUDA, :data:`DEFAULT_STEPS_CPU` (75) on CPU).
+    guidance : float or None
+        Classifier-free guidance scale ``s`` in the NASDM paper's form ``eps(y) + s (eps(y) -
+        eps(null))`` (the reference code's 1.5 is 0.5 here). None: the model's recommendation.
+    sampler : {"ddpm", "ddim", "dpmpp"} or None
+        None: the model's recommendation ("ddpm" for pixel models, "dpmpp" for latent ones).
     variance : {"learned", "fixed_small"} or None
         Variance of the DDPM step; None = the model's recommended one (its training record's
         ``sampler_variance``, else ``learned``).
@@ -73,8 +78,8 @@ class NasdmRequest(EngineRequest):
     nuclei: NucleiMask | None = None
     n_samples: int = 1
     steps: int | None = None
-    guidance: float = 1.5
-    sampler: str = "ddpm"
+    guidance: float | None = None
+    sampler: str | None = None
     variance: str | None = None
     batch_size: int = 8
     resample: bool = True
@@ -89,9 +94,9 @@ class NasdmRequest(EngineRequest):
             out.append(f"Number of samples must be between 1 and 10000, not {self.n_samples}.")
         if self.batch_size < 1:
             out.append("Batch size must be at least 1.")
-        if not math.isfinite(self.guidance) or not (0 <= self.guidance <= 20):
-            out.append(f"Guidance must be between 0 and 20 (1.5 is the paper's), not {self.guidance}.")
-        if self.sampler not in SAMPLERS:
+        if self.guidance is not None and (not math.isfinite(self.guidance) or not (0 <= self.guidance <= 20)):
+            out.append(f"Guidance must be between 0 and 20, not {self.guidance}.")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             out.append(f"Unknown sampler '{self.sampler}'; choose {' or '.join(SAMPLERS)}.")
         if self.variance is not None and self.variance not in VARIANCES:
             out.append(f"Unknown variance '{self.variance}'; choose {' or '.join(VARIANCES)}.")
@@ -203,8 +208,11 @@ class NasdmEngine:
 
     def default_variance(self) -> str:
         """The DDPM step variance this model recommends (its training record), else ``learned``."""
-        training = getattr(self.config, "training", None) or {}
-        return str(training.get("sampler_variance", "learned"))
+        return str(recommended_settings(self.config, self.device)["variance"])
+
+    def recommended(self) -> dict:
+        """Steps, guidance, sampler and variance this model was validated with."""
+        return recommended_settings(self.config, self.device)
 
     def check(self, request: NasdmRequest) -> list[str]:
         """The request's problems, then the mask's against this model (scheme, scale, size)."""
@@ -239,9 +247,14 @@ class NasdmEngine:
         if self.loaded is None:
             raise HistogenInputError("This engine was freed; create a new one.")
         request.check()
-        if request.steps is None:
-            request = replace(request, steps=default_steps(self.device))
-        variance = request.variance or self.default_variance()
+        rec = self.recommended()
+        request = replace(request, steps=request.steps or rec["steps"],
+                          guidance=rec["guidance"] if request.guidance is None else request.guidance,
+                          sampler=request.sampler or rec["sampler"])
+        if getattr(self.config, "family", "pixel") == "pixel" and request.sampler == "dpmpp":
+            raise HistogenInputError("The DPM-Solver++ sampler is for latent NASDM models; choose ddpm or ddim "
+                                     "for this pixel model.")
+        variance = request.variance or rec["variance"]
         assert request.nuclei is not None  # check() refuses a request without a mask
         mask, notes = prepare_mask(request.nuclei, self.config, resample=request.resample)
         size = self.config.image_size
@@ -264,6 +277,16 @@ class NasdmEngine:
                          autocast_dtype=self.autocast_dtype, variance=variance)
             images.extend(to_uint8_image(img)[:h, :w] for img in out)
         log.debug("nasdm: %d image(s), %d steps, %s", len(images), steps, describe_device(self.device))
+        original = request.nuclei
+        if (original.mpp is not None and mask is not original and original.mpp > float(self.config.mpp) * 1.1):
+            # The model works finer than the mask: bring the images back to the mask's own scale
+            # (area averaging loses nothing the mask resolves), so image and mask match as given.
+            from ..images import resize_image
+
+            images = [resize_image(img, original.shape) for img in images]
+            notes.append(f"The images were made at {self.config.mpp:g} µm/px and brought back to the mask's "
+                         f"{original.mpp:g} µm/px.")
+            mask = original
         mask_hash = array_sha256(mask.instances)
         results = []
         for k, image in enumerate(images):
@@ -273,12 +296,33 @@ class NasdmEngine:
                 model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
                 steps=steps, guidance=float(request.guidance), sampler=request.sampler, variance=variance,
                 seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
-                mask_sha256=mask_hash, mask_shape=list(mask.shape), mpp=self.config.mpp,
+                mask_sha256=mask_hash, mask_shape=list(mask.shape), mpp=mask.mpp or self.config.mpp,
+                model_mpp=self.config.mpp,
                 device=describe_device(self.device),
                 precision=str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
                 notes=list(notes))
             results.append(SynthesisResult(image=image, mask=mask, provenance=prov, notes=list(notes)))
         return results
+
+
+def recommended_settings(config, device=None) -> dict:
+    """``{"steps", "guidance", "sampler", "variance"}`` a model recommends (from its training record).
+
+    Pixel models: ancestral DDPM with :func:`default_steps` and the recorded
+    ``sampler_variance`` (else "learned") and ``default_guidance`` (else 1.5); latent models:
+    DPM-Solver++ with the recorded ``default_steps`` and ``default_guidance``.
+    """
+    training = getattr(config, "training", None) or {}
+    if getattr(config, "family", "pixel") == "latent":
+        from ..latent.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+        return {"steps": int(training.get("default_steps", DEFAULT_STEPS)),
+                "guidance": float(training.get("default_guidance", 1.0)),
+                "sampler": str(training.get("sampler", DEFAULT_SAMPLER)), "variance": "fixed_small"}
+    return {"steps": int(training.get("default_steps", default_steps(device or "cpu"))),
+            "guidance": float(training.get("default_guidance", DEFAULT_GUIDANCE_PIXEL)),
+            "sampler": str(training.get("sampler", "ddpm")),
+            "variance": str(training.get("sampler_variance", "learned"))}
 
 
 def read_model_config(model=None):
