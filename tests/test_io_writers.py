@@ -192,6 +192,7 @@ def test_ome_tiff_empty_mask_and_custom_schemes(tmp_path):
     assert result.provenance["format"].startswith("OME-TIFF")  # none stored: says where it came from
 
 
+@pytest.mark.slow
 def test_ome_tiff_converts_grey_image_and_large_image(tmp_path):
     grey = (np.arange(3000 * 2500) % 251).astype(np.uint8).reshape(3000, 2500)
     inst = np.zeros(grey.shape, np.int32)
@@ -386,24 +387,18 @@ def test_geojson_empty_mask(tmp_path):
     assert result.provenance["format"] == "GeoJSON"
 
 
-def test_geojson_2000_nuclei_fast_and_exact(tmp_path):
-    import time
-
+@pytest.mark.slow
+def test_geojson_2000_nuclei_exact(tmp_path):
+    """2000 nuclei round-trip exactly (their speed: benchmarks/annotation_io.py)."""
     rng = np.random.default_rng(11)
     inst = _blob_mask(rng)
     assert np.unique(inst).size > 1900
     classes = {int(i): int(rng.integers(0, 5)) for i in np.unique(inst) if i}
     nuclei = NucleiMask.create(inst, classes, "consep")
-    start = time.perf_counter()
     path = write_geojson(tmp_path / "big.geojson", nuclei)
-    written = time.perf_counter() - start
-    start = time.perf_counter()
     result = read_geojson(path)
-    read = time.perf_counter() - start
     assert np.array_equal(result.nuclei.instances, inst)
     assert result.nuclei.classes == nuclei.classes
-    # ~0.8 s and ~0.5 s on a 2-core machine; generous bounds so slow CI does not flake
-    assert written < 10 and read < 10
 
 
 def _qupath_export():

@@ -1,6 +1,5 @@
 """Growing nuclei from typed points: determinism, one nucleus per point, gaps, sizes."""
 
-import time
 
 import numpy as np
 import pytest
@@ -277,10 +276,8 @@ def test_provenance_records_the_parameters():
     assert params["seed"] == 4 and params["size_scale"] == 1.5 and params["scheme"] == "consep"
 
 
-def test_2000_points_on_1024_pixels_is_fast():
+def test_2000_points_on_1024_pixels():
+    """Dense layouts keep (nearly) every point (their speed: benchmarks/annotation_io.py)."""
     points, classes = _random_layout(2000, 1024, seed=1)
-    start = time.perf_counter()
     mask = grow_nuclei_from_points(points, classes, (1024, 1024), "consep")
-    elapsed = time.perf_counter() - start
     assert mask.n_nuclei >= 1990
-    assert elapsed < 3.0, f"took {elapsed:.2f} s"

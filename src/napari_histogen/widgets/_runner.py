@@ -133,6 +133,19 @@ class EngineDock(BackgroundRunMixin, QWidget):
         combo.addItems(list(DEVICES))
         return combo
 
+    def _add_model_row(self, form, chooser, browse_text: str, browse_tip: str) -> None:
+        """The model chooser with its browse button, and the model info line below (``self.model_info``)."""
+        row = QHBoxLayout()
+        browse = QPushButton(browse_text)
+        browse.setToolTip(browse_tip)
+        browse.clicked.connect(self._on_browse_clicked)
+        row.addWidget(chooser, 1)
+        row.addWidget(browse)
+        form.addRow("model", row)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        form.addRow("", self.model_info)
+
     def _add_run_controls(self, layout, run_text: str) -> None:
         """Run and Cancel buttons, the progress bar and the status line, appended to ``layout``."""
         buttons = QHBoxLayout()

@@ -17,9 +17,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
 )
@@ -63,19 +60,11 @@ class NasdmWidget(EngineDock):
         self.mask_combo.setToolTip("Nuclei mask (Labels layer with a class per nucleus) to synthesize from")
         form.addRow("nuclei mask", self.mask_combo)
 
-        model_row = QHBoxLayout()
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("The embedded default, a model from the cache folder, or a checkpoint file")
+        self._add_model_row(form, self.model_combo, "Checkpoint…",
+                            "Choose a NASDM .safetensors model (e.g. a training run's model/nasdm.safetensors)")
         self.model_combo.currentIndexChanged.connect(lambda _i: self._update_model_info())
-        browse = QPushButton("Checkpoint…")
-        browse.setToolTip("Choose a NASDM .safetensors model (e.g. a training run's model/nasdm.safetensors)")
-        browse.clicked.connect(self._on_browse_clicked)
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(browse)
-        form.addRow("model", model_row)
-        self.model_info = QLabel("")
-        self.model_info.setWordWrap(True)
-        form.addRow("", self.model_info)
 
         self.guidance_spin = QDoubleSpinBox()
         self.guidance_spin.setRange(0.0, 20.0)

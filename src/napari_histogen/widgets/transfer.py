@@ -16,10 +16,8 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
 )
@@ -72,21 +70,13 @@ class TransferWidget(EngineDock):
         self.classes_info.setWordWrap(True)
         form.addRow("", self.classes_info)
 
-        model_row = QHBoxLayout()
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("default: Stable Diffusion 1.5 ($HISTOGEN_SD_MODEL)")
         self.model_edit.setToolTip("A model folder, a name in the model cache, or a hub id already in the local "
                                    "Hugging Face cache. Nothing is downloaded.")
         self.model_edit.editingFinished.connect(self._update_model_info)
-        browse = QPushButton("Folder…")
-        browse.setToolTip("Choose a Stable Diffusion folder (from `histogen models fetch`)")
-        browse.clicked.connect(self._on_browse_clicked)
-        model_row.addWidget(self.model_edit, 1)
-        model_row.addWidget(browse)
-        form.addRow("model", model_row)
-        self.model_info = QLabel("")
-        self.model_info.setWordWrap(True)
-        form.addRow("", self.model_info)
+        self._add_model_row(form, self.model_edit, "Folder…",
+                            "Choose a Stable Diffusion folder (from `histogen models fetch`)")
 
         self.outputs_spin = QSpinBox()
         self.outputs_spin.setRange(1, 64)
