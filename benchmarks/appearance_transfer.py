@@ -90,12 +90,12 @@ def inputs(size: int, seed: int = 0):
 def run_path(parts, mode, device, settings, size, outputs, warmup_settings):
     image, source_mask, target = inputs(size)
     engine = TransferEngine(parts=parts, device=str(device), mode=mode)
-    engine.run(TransferRequest(image, target, source_mask, settings=warmup_settings))  # warm-up (kernels, allocator)
+    engine.run(TransferRequest.from_arrays(image, target, source_mask, n_outputs=1, settings=warmup_settings))  # warm-up (kernels, allocator)
     inversion_cache().clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    request = TransferRequest(image, target, source_mask, n_outputs=outputs, settings=settings, seed=1)
+    request = TransferRequest.from_arrays(image, target, source_mask, n_outputs=outputs, settings=settings, seed=1)
     record = TransferRecord(keep_tensors=False)
     _sync(device)
     start = time.perf_counter()
@@ -103,7 +103,7 @@ def run_path(parts, mode, device, settings, size, outputs, warmup_settings):
     _sync(device)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    engine.run(TransferRequest(image, target, source_mask, n_outputs=outputs, settings=settings, seed=2))
+    engine.run(TransferRequest.from_arrays(image, target, source_mask, n_outputs=outputs, settings=settings, seed=2))
     _sync(device)
     cached = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
