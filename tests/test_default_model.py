@@ -47,6 +47,6 @@ def test_damaged_shipped_model_is_refused(tmp_path, monkeypatch):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
-    monkeypatch.setattr(registry, "embedded_nasdm_dir", lambda: copy)
+    monkeypatch.setattr(registry, "embedded_nasdm_dir", lambda name="default": copy)
     with pytest.raises(HistogenInputError, match="sha256"):
         NasdmEngine(device="cpu")

@@ -88,7 +88,7 @@ def test_cancel_leaves_no_output(engine):
 def test_missing_default_model_message(monkeypatch, tmp_path):
     from napari_histogen.core.models import registry
 
-    monkeypatch.setattr(registry, "embedded_nasdm_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(registry, "embedded_nasdm_dir", lambda name="default": tmp_path / "none")
     monkeypatch.setenv("HISTOGEN_HOME", str(tmp_path / "home"))
     with pytest.raises(HistogenInputError, match="no embedded NASDM model"):
         NasdmEngine("default", device="cpu")

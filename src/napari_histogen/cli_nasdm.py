@@ -41,7 +41,9 @@ def _family_settings(args):
             given.append("--stain-norm")
         if given:
             eprint(f"Note: {', '.join(given)} apply to pixel NASDM only and are ignored for --family latent.")
-        return settings_type(**common, prediction=args.prediction, transforms=args.transforms, threads=args.threads)
+        precision = args.precision if args.precision in ("auto", "fp32", "bf16") else "auto"
+        return settings_type(**common, prediction=args.prediction, transforms=args.transforms, threads=args.threads,
+                             precision=precision)
     return settings_type(**common, stain_norm=None if args.stain_norm == "none" else args.stain_norm, init=args.init,
                          precision=args.precision, workers=args.workers, max_patches=args.max_patches)
 

@@ -172,16 +172,14 @@ class NasdmEngine:
 
     def __init__(self, model=None, *, device: str = "auto", precision: str = "auto"):
         from ..devices import autocast_dtype, resolve_device
-        from ..models.registry import resolve_nasdm
+        from ..models.registry import embedded_sha256, resolve_nasdm
         from ..nasdm.checkpoint import load_nasdm
 
         self.model_spec = "default" if model in (None, "") else str(model)
         self.device = resolve_device(device)
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        expected = None
-        if self.model_spec == "default":
-            expected = _embedded_sha256()
+        expected = embedded_sha256(self.model_spec)
         self.loaded: Any = load_nasdm(resolve_nasdm(model), device=self.device, expected_sha256=expected)
         self.config = self.loaded.config
 
@@ -248,10 +246,10 @@ class NasdmEngine:
             raise HistogenInputError("This engine was freed; create a new one.")
         request.check()
         rec = self.recommended()
-        request = replace(request, steps=request.steps or rec["steps"],
-                          guidance=rec["guidance"] if request.guidance is None else request.guidance,
-                          sampler=request.sampler or rec["sampler"])
-        if getattr(self.config, "family", "pixel") == "pixel" and request.sampler == "dpmpp":
+        guidance = float(rec["guidance"] if request.guidance is None else request.guidance)
+        sampler = str(request.sampler or rec["sampler"])
+        request = replace(request, steps=request.steps or rec["steps"], guidance=guidance, sampler=sampler)
+        if getattr(self.config, "family", "pixel") == "pixel" and sampler == "dpmpp":
             raise HistogenInputError("The DPM-Solver++ sampler is for latent NASDM models; choose ddpm or ddim "
                                      "for this pixel model.")
         variance = request.variance or rec["variance"]
@@ -272,7 +270,7 @@ class NasdmEngine:
             check_cancel(cancel)
             gens = [torch.Generator().manual_seed(int(request.seed) + k) for k in batch]
             out = sample(self.loaded.model, cond.expand(len(batch), -1, -1, -1), self.config.diffusion,
-                         steps=steps, guidance=request.guidance, sampler=request.sampler, generators=gens,
+                         steps=steps, guidance=guidance, sampler=sampler, generators=gens,
                          progress=sub_progress(progress, b * steps, total), cancel=cancel,
                          autocast_dtype=self.autocast_dtype, variance=variance)
             images.extend(to_uint8_image(img)[:h, :w] for img in out)
@@ -294,7 +292,7 @@ class NasdmEngine:
                 "nasdm synthesis", engine=ENGINE_NAME, model=self.model_spec,
                 model_file=self.loaded.weights_path.name, model_sha256=self.loaded.sha256,
                 model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
-                steps=steps, guidance=float(request.guidance), sampler=request.sampler, variance=variance,
+                steps=steps, guidance=guidance, sampler=sampler, variance=variance,
                 seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
                 mask_sha256=mask_hash, mask_shape=list(mask.shape), mpp=mask.mpp or self.config.mpp,
                 model_mpp=self.config.mpp,
@@ -358,15 +356,3 @@ def model_lines() -> list[str]:
         lines.append("No NASDM models installed.")
     lines.append(f"(cache folder: {model_cache_dir()}; put a model's .safetensors + .json in a subfolder there)")
     return lines
-
-
-def _embedded_sha256() -> str | None:
-    """The sha256 the package records for its embedded model (None when there is none)."""
-    import json
-
-    from ..models.registry import embedded_nasdm_dir
-
-    record = embedded_nasdm_dir() / "SHA256.json"
-    if record.is_file():
-        return json.loads(record.read_text()).get("sha256")
-    return None

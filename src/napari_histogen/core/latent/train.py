@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class LatentTrainSettings:
         Microns per pixel the model works at (0.25 = 40x, TAEF2's best reconstruction).
     transforms : int
         How many of the 8 dihedral transforms to encode and train on (1-8).
+    precision : {"auto", "fp32", "bf16"}
+        Autocast dtype of the network. "auto": bf16 on CUDA, and on CPUs whose oneDNN has bf16
+        kernels (AVX512-BF16/AMX: 4x faster than fp32 on this project's 2-core Xeon), else fp32.
     """
 
     data: str
@@ -93,6 +97,7 @@ class LatentTrainSettings:
     source_mpp: float | None = None
     grad_clip: float = 1.0
     threads: int | None = None
+    precision: str = "auto"
     model_overrides: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -108,6 +113,8 @@ class LatentTrainSettings:
             raise HistogenInputError(f"The patch size must be a multiple of 8 for TAEF2, not {self.image_size}.")
         if not 1 <= int(self.transforms) <= 8:
             raise HistogenInputError(f"Transforms must be 1 to 8, not {self.transforms}.")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise HistogenInputError(f"Precision must be auto, fp32 or bf16, not {self.precision!r}.")
 
 
 #: The order in which dihedral transforms are used: the first four form a group (identity,
@@ -127,6 +134,22 @@ def _latent_stats(latents: dict):
     mean = allz.mean(dim=(0, 2, 3), dtype=torch.float64)
     std = allz.std(dim=(0, 2, 3)).double()
     return mean.tolist(), std.clamp_min(1e-3).tolist()
+
+
+def training_dtype(precision: str, device):
+    """The autocast dtype for training (None = fp32); see :class:`LatentTrainSettings`."""
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallback = None, cancel=None,
@@ -183,8 +206,11 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
                             latent_size=settings.image_size // 8, **settings.model_overrides)
     diffusion_cfg = default_diffusion(settings.prediction, settings.min_snr_gamma)
     diffusion = LatentDiffusion(diffusion_cfg)
-    model = LatentNasdmNet(net_cfg).to(device)
-    ema = LatentNasdmNet(net_cfg).to(device).requires_grad_(False)
+    amp_dtype = training_dtype(settings.precision, device)
+    # channels-last lets oneDNN's (bf16/AMX) convolutions run without layout conversions
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model = LatentNasdmNet(net_cfg).to(device, memory_format=layout)
+    ema = LatentNasdmNet(net_cfg).to(device, memory_format=layout).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     latent_info = {"autoencoder": describe(), "channels": 32, "downscale": 8, "mean": mean, "std": std}
     model_config = NasdmModelConfig(unet=net_cfg.to_dict(), diffusion=diffusion_cfg, scheme=patches.scheme.to_dict(),
@@ -202,9 +228,11 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
                              "warmup": settings.warmup, "cond_drop": settings.cond_drop,
                              "cond_drop_from": settings.cond_drop_from, "ema_decay": settings.ema_decay,
                              "seed": settings.seed, "transforms": len(transforms), "windows": n_train,
+                             "precision": "bf16" if amp_dtype is not None else "fp32",
                              "sampler": "dpmpp", "default_steps": 20, "default_guidance": settings.sample_guidance}
     log_fn(f"{model.n_parameters() / 1e6:.2f} M parameters, {n_train} training windows x {len(transforms)} "
-           f"transforms, {len(patches.val)} validation windows, classes {class_ids}, {describe_device(device)}")
+           f"transforms, {len(patches.val)} validation windows, classes {class_ids}, {describe_device(device)}, "
+           f"{'bf16 autocast' if amp_dtype is not None else 'fp32'}")
 
     def batch(step_: int):
         gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step_)
@@ -220,7 +248,8 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
         cond[torch.rand(len(idx), generator=gen) < p_drop] = 0
         t = torch.randint(0, diffusion.num_timesteps, (len(idx),), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
-        return z0.to(device), cond.to(device), t.to(device), noise.to(device)
+        return (z0.to(device).contiguous(memory_format=layout), cond.to(device), t.to(device),
+                noise.to(device).contiguous(memory_format=layout))
 
     log_path = run_dir / "log.csv"
     new_log = not log_path.is_file()
@@ -242,7 +271,9 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 z0, cond, t, noise = batch(step)
-                losses = diffusion.training_loss(model, z0, t, cond, noise)
+                with (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+                      else nullcontext()):
+                    losses = diffusion.training_loss(model, z0, t, cond, noise)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
                     raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower the learning "

@@ -1,7 +1,8 @@
 """Where models come from: the embedded default, the cache folder, or a path.
 
 - ``"default"`` is the NASDM model shipped inside the package (``napari_histogen/models/
-  nasdm_default/``); its sha256 is checked on load.
+  nasdm_default/``) and ``"pixel"`` the pixel-space NASDM model shipped beside it
+  (``nasdm_pixel/``, the earlier default); their sha256 is checked on load.
 - a bare name is looked up in the cache folder ``$HISTOGEN_HOME/models/nasdm/<name>/``
   (``~/.cache/napari-histogen`` when ``HISTOGEN_HOME`` is unset), where users put models they
   trained or copied from another machine;
@@ -17,14 +18,30 @@ from pathlib import Path
 from ..errors import HistogenInputError
 from ..schemes import histogen_home
 
-__all__ = ["DEFAULT_NASDM", "embedded_nasdm_dir", "model_cache_dir", "resolve_nasdm", "list_nasdm_models"]
+__all__ = ["DEFAULT_NASDM", "EMBEDDED_NASDM", "embedded_nasdm_dir", "model_cache_dir", "resolve_nasdm",
+           "list_nasdm_models", "embedded_sha256"]
 
 DEFAULT_NASDM = "default"
+#: names of the NASDM models shipped inside the package -> their folder under napari_histogen/models
+EMBEDDED_NASDM = {"default": "nasdm_default", "pixel": "nasdm_pixel"}
 
 
-def embedded_nasdm_dir() -> Path:
-    """Folder of the NASDM model shipped with the package (may be absent in a source tree)."""
-    return Path(__file__).resolve().parents[2] / "models" / "nasdm_default"
+def embedded_nasdm_dir(name: str = DEFAULT_NASDM) -> Path:
+    """Folder of an embedded NASDM model (may be absent in a source tree)."""
+    return Path(__file__).resolve().parents[2] / "models" / EMBEDDED_NASDM[name]
+
+
+def embedded_sha256(spec) -> str | None:
+    """The sha256 the package records for embedded model ``spec`` (None when it is not one)."""
+    import json
+
+    text = str(spec).strip() if spec not in (None, "") else DEFAULT_NASDM
+    if text not in EMBEDDED_NASDM:
+        return None
+    record = embedded_nasdm_dir(text) / "SHA256.json"
+    if record.is_file():
+        return json.loads(record.read_text()).get("sha256")
+    return None
 
 
 def model_cache_dir(kind: str = "nasdm") -> Path:
@@ -41,8 +58,8 @@ def resolve_nasdm(spec: str | None = None) -> Path:
         With what to do, when nothing matches.
     """
     text = str(spec).strip() if spec not in (None, "") else DEFAULT_NASDM
-    if text == DEFAULT_NASDM:
-        folder = embedded_nasdm_dir()
+    if text in EMBEDDED_NASDM:
+        folder = embedded_nasdm_dir(text)
         if not any(folder.glob("*.safetensors")):
             raise HistogenInputError(
                 "This installation has no embedded NASDM model. Choose a checkpoint: a training run's "
@@ -64,8 +81,9 @@ def resolve_nasdm(spec: str | None = None) -> Path:
 def list_nasdm_models() -> dict[str, Path]:
     """Named models: the embedded default (if present) and the cache folder's entries."""
     out = {}
-    if any(embedded_nasdm_dir().glob("*.safetensors")):
-        out[DEFAULT_NASDM] = embedded_nasdm_dir()
+    for name in EMBEDDED_NASDM:
+        if any(embedded_nasdm_dir(name).glob("*.safetensors")):
+            out[name] = embedded_nasdm_dir(name)
     cache = model_cache_dir()
     if cache.is_dir():
         for sub in sorted(cache.iterdir()):
