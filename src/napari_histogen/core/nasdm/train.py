@@ -408,7 +408,8 @@ def _sample_grid(ema, preview, model_config, path: Path, settings: TrainSettings
     gens = [torch.Generator().manual_seed(settings.seed + i) for i in range(len(items))]
     ema.eval()
     images = sample(ema, cond, model_config.diffusion, steps=settings.sample_steps, guidance=settings.sample_guidance,
-                    generators=gens, autocast_dtype=amp_dtype)
+                    generators=gens, autocast_dtype=amp_dtype,
+                    variance="fixed_small")  # the variance head is untrained early on: no speckle
     scheme = model_config.class_scheme()
     rows = []
     for it, img in zip(items, images):
