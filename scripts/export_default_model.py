@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     from napari_histogen.core.engines.nasdm import NasdmEngine, NasdmRequest
     from napari_histogen.core.masks import NucleiMask
     from napari_histogen.core.nasdm.checkpoint import file_sha256, load_nasdm, save_nasdm
-    from napari_histogen.core.nasdm.data import build_patch_set
+    from napari_histogen.core.nasdm.patchset import build_patch_set
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     from napari_histogen.core.models.registry import EMBEDDED_NASDM

@@ -109,11 +109,16 @@ def _to_unit_range(arr: np.ndarray, name: str) -> np.ndarray:
     raise HistogenInputError(f"The {name} has dtype {arr.dtype}, which is not an image type.")
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (anti-aliased when shrinking) resize of an RGB uint8 image to ``size`` (H, W)."""
+def resize_image(image: np.ndarray, size: tuple[int, int], *, anti_aliasing: bool | None = None) -> np.ndarray:
+    """Bilinear resize of an RGB uint8 image to ``size`` (H, W); the image itself when the size is its own.
+
+    ``anti_aliasing`` (a Gaussian pre-filter) defaults to "when the height shrinks".
+    """
     if tuple(image.shape[:2]) == tuple(size):
         return image
     from skimage.transform import resize
 
-    out = resize(image, (*size, 3), order=1, anti_aliasing=image.shape[0] > size[0], preserve_range=True)
+    if anti_aliasing is None:
+        anti_aliasing = image.shape[0] > size[0]
+    out = resize(image, (*size, 3), order=1, anti_aliasing=anti_aliasing, preserve_range=True)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

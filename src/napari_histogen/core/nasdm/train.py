@@ -39,7 +39,7 @@ class TrainSettings:
     Parameters
     ----------
     data : str
-        Dataset file or folder (see :func:`~napari_histogen.core.nasdm.data.build_patch_set`).
+        Dataset file or folder (see :func:`~napari_histogen.core.nasdm.patchset.build_patch_set`).
     fmt : str
         Dataset format or ``auto``.
     out : str
@@ -167,7 +167,8 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
     from ..progress import Cancelled
     from .checkpoint import NasdmModelConfig, load_nasdm, save_nasdm
     from .condition import condition_channels
-    from .data import NasdmPatchDataset, build_patch_set
+    from .dataset import NasdmPatchDataset
+    from .patchset import build_patch_set
     from .unet import NasdmUNet, preset_config
 
     settings.check()
