@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,6 +32,8 @@ from ..errors import HistogenInputError
 from ..progress import ProgressCallback, check_cancel
 
 __all__ = ["TrainSettings", "train_nasdm", "TrainResult"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,7 +152,7 @@ _FIXED = ("size", "image_size", "mpp", "data", "fmt", "overlap", "min_tissue", "
 
 
 def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, cancel=None,
-                log=print) -> TrainResult:
+                log: Callable[[str], object] | None = None) -> TrainResult:
     """Train (or continue training) a NASDM model; see the module docstring for the run folder.
 
     Parameters
@@ -157,31 +161,119 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
     progress : callable(step, total), optional
     cancel : CancelToken or callable, optional
         Checked every step; a cancelled run saves a checkpoint and returns.
-    log : callable(str)
-        Where messages go.
+    log : callable(str), optional
+        Where messages go; by default this module's logger (level INFO).
     """
+    from ..progress import Cancelled
+    from .checkpoint import save_nasdm
+
+    say = log if log is not None else _log.info
+    settings.check()
+    run = _start_run(settings, say)
+    losses_csv = _LossLog(run.run_dir / "log.csv", settings)
+    grids: list[Path] = []
+    last_loss = None
+    run.model.train()
+    try:
+        while run.step < settings.steps:
+            check_cancel(cancel)
+            last_loss, losses = _train_step(run)
+            losses_csv.add(last_loss)
+            grid = _periodic_work(run, losses, losses_csv)
+            if grid is not None:
+                grids.append(grid)
+            if progress is not None:
+                progress(run.step, settings.steps)
+    except Cancelled:
+        say(f"Stopped at step {run.step}; saving a checkpoint to resume from.")
+        run.save()
+    finally:
+        losses_csv.close()
+    if not run.model_path.is_file():  # resumed at or past the target: make sure the model file exists
+        save_nasdm(run.ema, run.model_config, run.model_path)
+    return TrainResult(run_dir=run.run_dir, model_path=run.model_path, step=run.step,
+                       seconds=time.perf_counter() - losses_csv.t_start, last_loss=last_loss, sample_grids=grids)
+
+
+# -- the steps of train_nasdm ------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What a training run holds while it trains."""
+
+    settings: TrainSettings
+    run_dir: Path
+    device: Any
+    amp_dtype: Any
+    dataset: Any  # NasdmPatchDataset of the training windows (augmented)
+    preview: Any  # NasdmPatchDataset of a few validation windows for the sample grids
+    diffusion: Any
+    model: Any
+    ema: Any
+    optimizer: Any
+    scaler: Any
+    model_config: Any
+    step: int = 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / "last"
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model" / "nasdm.safetensors"
+
+    def autocast(self):
+        import torch
+
+        if self.amp_dtype:
+            return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return nullcontext()
+
+    def save(self) -> None:
+        """The resumable checkpoint and the EMA model file."""
+        from .checkpoint import save_nasdm
+
+        _save_state(self.ckpt_dir, self.model, self.ema, self.optimizer, self.step)
+        save_nasdm(self.ema, self.model_config, self.model_path)
+
+
+def _start_run(settings: TrainSettings, log: Callable[[str], object]) -> _Run:
+    """The run folder, device, data, model and optimizer; resumed from ``checkpoints/last`` if there."""
     import torch
 
     from ..devices import autocast_dtype, describe_device, resolve_device
-    from ..diffusion.gaussian import GaussianDiffusion
-    from ..progress import Cancelled
-    from .checkpoint import NasdmModelConfig, load_nasdm, save_nasdm
-    from .condition import condition_channels
-    from .dataset import NasdmPatchDataset
-    from .patchset import build_patch_set
-    from .unet import NasdmUNet, preset_config
 
-    settings.check()
     run_dir = Path(settings.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints" / "last"
-    resuming = (ckpt_dir / "state.json").is_file()
+    resuming = (run_dir / "checkpoints" / "last" / "state.json").is_file()
     if resuming:
         _check_same_run(run_dir / "run.json", settings)
-
     device = resolve_device(settings.device)
     amp_dtype = autocast_dtype(device, settings.precision)
     torch.manual_seed(settings.seed)
+    patches, train_refs = _read_patches(settings, log)
+    run = _build_model(settings, run_dir, device, amp_dtype, patches, train_refs)
+    if resuming:
+        run.step = _load_state(run.ckpt_dir, run.model, run.ema, run.optimizer, device)
+        log(f"Resuming {run_dir} at step {run.step}.")
+    else:
+        _init_weights(run, patches, log)
+    run.model_config.training = {"data": settings.data, "format": settings.fmt, "run": run_dir.name,
+                                 "data_summary": patches.summary, "device": describe_device(device),
+                                 "batch_size": settings.batch_size, "lr": settings.lr,
+                                 "cond_drop": settings.cond_drop, "ema_decay": settings.ema_decay,
+                                 "seed": settings.seed}
+    log(f"{run.model.n_parameters() / 1e6:.1f} M parameters, {len(train_refs)} training patches, "
+        f"{len(patches.val)} validation patches, classes {list(patches.class_ids)}, device {describe_device(device)}"
+        + (f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else ""))
+    return run
+
+
+def _read_patches(settings: TrainSettings, log: Callable[[str], object]):
+    """``(patch set, training windows)``: the windows capped at ``max_patches`` by a seeded sample."""
+    from .patchset import build_patch_set
 
     log(f"Reading {settings.data} ...")
     patches = build_patch_set(settings.data, settings.fmt, target_mpp=settings.mpp, patch_size=settings.image_size,
@@ -195,11 +287,23 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
     if not train_refs:
         raise HistogenInputError(f"No training patches in {settings.data} (after the tissue filter); "
                                  "check the format and --min-tissue.")
+    return patches, train_refs
+
+
+def _build_model(settings: TrainSettings, run_dir: Path, device, amp_dtype, patches, train_refs) -> _Run:
+    """Datasets, diffusion, fresh model + EMA copy, optimizer and (fp16) grad scaler."""
+    import torch
+
+    from ..diffusion.gaussian import GaussianDiffusion
+    from .checkpoint import NasdmModelConfig
+    from .condition import condition_channels
+    from .dataset import NasdmPatchDataset
+    from .unet import NasdmUNet, preset_config
+
     class_ids = list(patches.class_ids)
     dataset = NasdmPatchDataset(patches, train_refs, augment=True)
     val_refs = list(patches.val) or train_refs
     preview = NasdmPatchDataset(patches, val_refs[:4], augment=False)
-
     unet_cfg = preset_config(settings.size, image_size=settings.image_size,
                              cond_channels=condition_channels(class_ids), **settings.model_overrides)
     diffusion = GaussianDiffusion(vlb_weight=settings.vlb_weight)
@@ -207,109 +311,112 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
     ema = NasdmUNet(unet_cfg).to(device).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
     model_config = NasdmModelConfig(unet=unet_cfg.to_dict(), diffusion=diffusion.config(),
                                     scheme=patches.scheme.to_dict(), class_ids=class_ids, mpp=settings.mpp)
-    step = 0
-    if resuming:
-        step = _load_state(ckpt_dir, model, ema, optimizer, device)
-        log(f"Resuming {run_dir} at step {step}.")
-    else:
-        if settings.init:
-            init = load_nasdm(settings.init, device=device)
-            if init.config.unet != unet_cfg.to_dict() or list(init.config.class_ids) != class_ids:
-                raise HistogenInputError(f"--init {settings.init} has another architecture or classes than this run "
-                                         f"(size '{settings.size}', classes {class_ids}); choose the matching size.")
-            model.load_state_dict(init.model.state_dict())
-            log(f"Starting from the weights of {init.weights_path} (sha256 {init.sha256[:12]}...).")
-        ema.load_state_dict(model.state_dict())
-        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": patches.summary,
-                                           "model": model_config.to_dict(),
-                                           "parameters": model.n_parameters()})
-    model_config.training = {"data": settings.data, "format": settings.fmt, "run": run_dir.name,
-                             "data_summary": patches.summary, "device": describe_device(device),
-                             "batch_size": settings.batch_size, "lr": settings.lr, "cond_drop": settings.cond_drop,
-                             "ema_decay": settings.ema_decay, "seed": settings.seed}
+    return _Run(settings, run_dir, device, amp_dtype, dataset, preview, diffusion, model, ema, optimizer, scaler,
+                model_config)
 
-    log(f"{model.n_parameters() / 1e6:.1f} M parameters, {len(train_refs)} training patches, "
-        f"{len(patches.val)} validation patches, classes {class_ids}, device {describe_device(device)}"
-        + (f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else ""))
-    log_path = run_dir / "log.csv"
-    new_log = not log_path.is_file()
-    log_file = open(log_path, "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["step", "loss", "mse", "vb", "lr", "seconds", "patches_per_s"])
-    grids: list[Path] = []
-    t_start = time.perf_counter()
-    last_loss = None
-    amp = (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    window: list[float] = []
-    t_window = time.perf_counter()
-    model.train()
-    try:
-        while step < settings.steps:
-            check_cancel(cancel)
-            # per-step randomness from (seed, step): a resumed run draws what an uninterrupted one would
-            gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-            torch.manual_seed(settings.seed * 1_000_033 + step)  # the augmentations' RNG
-            idx = _batch_indices(step, settings.batch_size, len(dataset), settings.seed)
-            items = [dataset[i] for i in idx]
-            x0 = torch.stack([it["image"] for it in items]).to(device)
-            cond = torch.stack([it["condition"] for it in items]).to(device)
-            drop = torch.rand(len(idx), generator=gen) < settings.cond_drop
-            cond[drop.to(device)] = 0
-            t = torch.randint(0, diffusion.num_timesteps, (len(idx),), generator=gen).to(device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            with amp():
-                losses = diffusion.training_losses(model, x0, t, cond, noise=noise)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower --lr or use fp32 "
-                                         "(--precision fp32), then resume.")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                optimizer.step()
-            # warm-up as diffusers' EMAModel: early on the average would be mostly the random init
-            _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            last_loss = float(loss.detach())
-            window.append(last_loss)
-            if step % settings.log_every == 0 or step == settings.steps:
-                elapsed = time.perf_counter() - t_window
-                writer.writerow([step, f"{np.mean(window):.5f}", f"{losses['mse'].mean().item():.5f}",
-                                 f"{losses['vb'].mean().item():.5f}", settings.lr,
-                                 f"{time.perf_counter() - t_start:.1f}",
-                                 f"{len(window) * settings.batch_size / max(elapsed, 1e-9):.2f}"])
-                log_file.flush()
-                window, t_window = [], time.perf_counter()
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                _save_state(ckpt_dir, model, ema, optimizer, step)
-                save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
-            if step % settings.sample_every == 0 or step == settings.steps:
-                grids.append(_sample_grid(ema, preview, model_config, run_dir / "samples" / f"step_{step:06d}.png",
-                                          settings, device, amp_dtype))
-            if progress is not None:
-                progress(step, settings.steps)
-    except Cancelled:
-        log(f"Stopped at step {step}; saving a checkpoint to resume from.")
-        _save_state(ckpt_dir, model, ema, optimizer, step)
-        save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
-    finally:
-        log_file.close()
-    model_path = run_dir / "model" / "nasdm.safetensors"
-    if not model_path.is_file():  # resumed at or past the target: make sure the model file exists
-        save_nasdm(ema, model_config, model_path)
-    return TrainResult(run_dir=run_dir, model_path=model_path, step=step, seconds=time.perf_counter() - t_start,
-                       last_loss=last_loss, sample_grids=grids)
+
+def _init_weights(run: _Run, patches, log: Callable[[str], object]) -> None:
+    """A new run: weights from ``--init`` if given, the EMA a copy of them, and ``run.json``."""
+    from .checkpoint import load_nasdm
+
+    settings = run.settings
+    if settings.init:
+        init = load_nasdm(settings.init, device=run.device)
+        class_ids = list(patches.class_ids)
+        if init.config.unet != run.model_config.unet or list(init.config.class_ids) != class_ids:
+            raise HistogenInputError(f"--init {settings.init} has another architecture or classes than this run "
+                                     f"(size '{settings.size}', classes {class_ids}); choose the matching size.")
+        run.model.load_state_dict(init.model.state_dict())
+        log(f"Starting from the weights of {init.weights_path} (sha256 {init.sha256[:12]}...).")
+    run.ema.load_state_dict(run.model.state_dict())
+    _write_json(run.run_dir / "run.json", {"settings": asdict(settings), "data": patches.summary,
+                                           "model": run.model_config.to_dict(),
+                                           "parameters": run.model.n_parameters()})
+
+
+def _train_step(run: _Run) -> tuple[float, dict]:
+    """One optimisation step and the EMA update; ``(loss, loss terms)``. Advances ``run.step``."""
+    import torch
+
+    settings, step, device = run.settings, run.step, run.device
+    # per-step randomness from (seed, step): a resumed run draws what an uninterrupted one would
+    gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+    torch.manual_seed(settings.seed * 1_000_033 + step)  # the augmentations' RNG
+    idx = _batch_indices(step, settings.batch_size, len(run.dataset), settings.seed)
+    items = [run.dataset[i] for i in idx]
+    x0 = torch.stack([it["image"] for it in items]).to(device)
+    cond = torch.stack([it["condition"] for it in items]).to(device)
+    drop = torch.rand(len(idx), generator=gen) < settings.cond_drop
+    cond[drop.to(device)] = 0
+    t = torch.randint(0, run.diffusion.num_timesteps, (len(idx),), generator=gen).to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    with run.autocast():
+        losses = run.diffusion.training_losses(run.model, x0, t, cond, noise=noise)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower --lr or use fp32 "
+                                 "(--precision fp32), then resume.")
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+        run.optimizer.step()
+    # warm-up as diffusers' EMAModel: early on the average would be mostly the random init
+    _ema_update(run.ema, run.model, min(settings.ema_decay, (1 + step) / (10 + step)))
+    run.step = step + 1
+    return float(loss.detach()), losses
+
+
+def _periodic_work(run: _Run, losses: dict, losses_csv: "_LossLog") -> Path | None:
+    """After a step: a log row, a checkpoint, a sample grid, each at its interval (and at the last step)."""
+    settings, step = run.settings, run.step
+    last = step == settings.steps
+    if step % settings.log_every == 0 or last:
+        losses_csv.write(step, losses)
+    if step % settings.checkpoint_every == 0 or last:
+        run.save()
+    if step % settings.sample_every == 0 or last:
+        return _sample_grid(run.ema, run.preview, run.model_config, run.run_dir / "samples" / f"step_{step:06d}.png",
+                            settings, run.device, run.amp_dtype)
+    return None
+
+
+class _LossLog:
+    """``log.csv``: a row every ``log_every`` steps with the mean loss since the previous row."""
+
+    def __init__(self, path: Path, settings: TrainSettings):
+        new = not path.is_file()
+        self.settings = settings
+        self.file = open(path, "a", newline="")
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(["step", "loss", "mse", "vb", "lr", "seconds", "patches_per_s"])
+        self.t_start = time.perf_counter()
+        self.window: list[float] = []
+        self.t_window = time.perf_counter()
+
+    def add(self, loss: float) -> None:
+        self.window.append(loss)
+
+    def write(self, step: int, losses: dict) -> None:
+        elapsed = time.perf_counter() - self.t_window
+        self.writer.writerow([step, f"{np.mean(self.window):.5f}", f"{losses['mse'].mean().item():.5f}",
+                              f"{losses['vb'].mean().item():.5f}", self.settings.lr,
+                              f"{time.perf_counter() - self.t_start:.1f}",
+                              f"{len(self.window) * self.settings.batch_size / max(elapsed, 1e-9):.2f}"])
+        self.file.flush()
+        self.window, self.t_window = [], time.perf_counter()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
