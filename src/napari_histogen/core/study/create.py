@@ -183,6 +183,70 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
         an existing key file, a key path inside the study folder.
     """
     out = Path(out)
+    key_path, reader_ids = _check_options(out, key_path, balance, crop, max_per_kind, readers)
+    mask_dirs = _as_dirs(masks, "mask folder")
+    subfolders = per_class_from is not None and str(per_class_from) == "subfolders"
+
+    rng = np.random.default_rng(seed)
+    cands = _list_candidates(real, "real", subfolders) + _list_candidates(synthetic, "synthetic", subfolders)
+    if per_class_from is not None and not subfolders:
+        cands = _groups_from_csv(cands, per_class_from)
+    cands = _pair_up(cands)
+    if mask_dirs is not None:
+        cands = [replace(c, mask_path=_find_mask(c, mask_dirs)) for c in cands]
+    chosen, excluded = _balance(cands, balance, max_per_kind, rng)
+    shapes, mask_scheme = _check_cases(chosen, scheme)
+    target, notes = _case_size(chosen, shapes, crop)
+
+    # neutral ids: random, unrelated to kind, group or input order
+    ids = _neutral_ids(len(chosen) + 1, rng if seed is not None else None)
+    study_id, case_ids = ids[0], ids[1:]
+    order = rng.permutation(len(chosen))
+    assigned = {case_ids[i]: chosen[j] for i, j in enumerate(order)}
+    reader_seeds = {r: int(rng.integers(0, 2**31 - 1)) if seed is not None else secrets.randbits(31)
+                    for r in reader_ids}
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest = _manifest(study_id, title, mask_dirs is not None, mask_scheme, sorted(assigned), reader_seeds)
+
+    tmp = out.parent / f".{out.name}.creating-{secrets.token_hex(4)}"
+    try:
+        key_cases = _write_cases(tmp, assigned, target, scheme)
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        key = {
+            "format": KEY_FORMAT,
+            "version": FORMAT_VERSION,
+            "study_id": study_id,
+            "created_utc": now,
+            "options": {
+                "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve()),
+                "masks": [str(d.resolve()) for d in mask_dirs] if mask_dirs is not None else None,
+                "per_class_from": None if per_class_from is None else str(per_class_from),
+                "balance": balance, "max_per_kind": max_per_kind, "crop": crop, "shape": target, "seed": seed,
+            },
+            "cases": key_cases,
+            "excluded": [{"truth": c.truth, "group": c.group, "source": c.source, "reason": "balance"}
+                         for c in excluded],
+        }
+        _publish(tmp, out, key_path, key)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    groups: dict[str, tuple[int, int]] = {}
+    for cand in chosen:
+        real_n, syn_n = groups.get(cand.group, (0, 0))
+        groups[cand.group] = (real_n + (cand.truth == "real"), syn_n + (cand.truth == "synthetic"))
+    return StudyCreated(
+        study=out, key_path=key_path,
+        n_real=sum(c.truth == "real" for c in chosen), n_synthetic=sum(c.truth == "synthetic" for c in chosen),
+        mode=manifest["mode"], groups=dict(sorted(groups.items())), excluded=len(excluded),
+        shape=tuple(target) if target else None, notes=notes,
+    )
+
+
+# -- the steps of create_study ---------------------------------------------------------------
+def _check_options(out: Path, key_path, balance, crop, max_per_kind, readers) -> tuple[Path, list[str]]:
+    """``(key path, reader ids)`` after checking the options and that nothing would be overwritten."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HistogenInputError(f"{out} already exists and is not empty; choose a new folder for the study.")
     key_path = Path(key_path) if key_path is not None else default_key_path(out)
@@ -201,19 +265,11 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
     reader_ids = [check_reader_id(r) for r in (readers or [])]
     if len(set(reader_ids)) != len(reader_ids):
         raise HistogenInputError("Reader ids repeat; give each reader once.")
-    mask_dirs = _as_dirs(masks, "mask folder")
-    subfolders = per_class_from is not None and str(per_class_from) == "subfolders"
+    return key_path, reader_ids
 
-    rng = np.random.default_rng(seed)
-    cands = _list_candidates(real, "real", subfolders) + _list_candidates(synthetic, "synthetic", subfolders)
-    if per_class_from is not None and not subfolders:
-        cands = _groups_from_csv(cands, per_class_from)
-    cands = _pair_up(cands)
-    if mask_dirs is not None:
-        cands = [replace(c, mask_path=_find_mask(c, mask_dirs)) for c in cands]
-    chosen, excluded = _balance(cands, balance, max_per_kind, rng)
 
-    # pass 1: every chosen image (and mask) decodes; sizes
+def _check_cases(chosen: list[_Candidate], scheme) -> tuple[dict, str | None]:
+    """Every chosen image (and mask) decodes: ``(size of each case by source, the masks' scheme)``."""
     shapes = {}
     mask_scheme = None
     for cand in chosen:
@@ -228,6 +284,11 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
                     f"Masks use different class schemes ({mask_scheme} and {name}, e.g. {cand.mask_path.name}); "
                     "convert them to one scheme or pass scheme=... for type-map masks."
                 )
+    return shapes, mask_scheme
+
+
+def _case_size(chosen: list[_Candidate], shapes: dict, crop: str) -> tuple[tuple[int, int] | None, list[str]]:
+    """``(common case size or None, notes)``: the smallest height and width with ``crop='common'``."""
     notes = []
     target = None
     if crop == "common":
@@ -239,98 +300,69 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
         if by_kind["real"] != by_kind["synthetic"]:
             notes.append("Warning: real and synthetic cases differ in size, which can reveal them; "
                          "use crop='common'.")
+    return target, notes
 
-    # neutral ids: random, unrelated to kind, group or input order
-    ids = _neutral_ids(len(chosen) + 1, rng if seed is not None else None)
-    study_id, case_ids = ids[0], ids[1:]
-    order = rng.permutation(len(chosen))
-    assigned = {case_ids[i]: chosen[j] for i, j in enumerate(order)}
 
-    reader_seeds = {r: int(rng.integers(0, 2**31 - 1)) if seed is not None else secrets.randbits(31)
-                    for r in reader_ids}
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    manifest = {
+def _manifest(study_id: str, title, with_masks: bool, mask_scheme, case_ids: list[str], reader_seeds: dict) -> dict:
+    """The study's manifest: what readers see (no truth)."""
+    return {
         "format": STUDY_FORMAT,
         "version": FORMAT_VERSION,
         "study_id": study_id,
         "title": title or "Reader study",
-        "mode": "image+mask" if mask_dirs is not None else "image",
+        "mode": "image+mask" if with_masks else "image",
         "scale": {"min": SCORE_MIN, "max": SCORE_MAX,
                   "meaning": f"{SCORE_MIN} = certainly synthetic, {SCORE_MAX} = certainly real"},
-        "criteria": [{"key": k, "text": t} for k, t in CRITERIA] if mask_dirs is not None else [],
+        "criteria": [{"key": k, "text": t} for k, t in CRITERIA] if with_masks else [],
         "mask_scheme": mask_scheme,
-        "cases": sorted(assigned),
+        "cases": case_ids,
         "readers": {r: {"seed": s} for r, s in reader_seeds.items()},
-        "open_to_any_reader": not reader_ids,
+        "open_to_any_reader": not reader_seeds,
     }
 
-    tmp = out.parent / f".{out.name}.creating-{secrets.token_hex(4)}"
-    try:
-        cases_dir(tmp).mkdir(parents=True)
-        answers_dir(tmp).mkdir()
-        key_cases = {}
-        for case_id in sorted(assigned):  # written in id order: file times and order say nothing
-            cand = assigned[case_id]
-            image = read_rgb_image(cand.path, name=f"{cand.truth} image")
-            box = _centre_box(image.shape[:2], target)
-            _write_png(case_image_path(tmp, case_id), _crop(image, box))
-            entry = {
-                "truth": cand.truth,
-                "group": cand.group,
-                "source": cand.source,
-                "source_path": str(cand.path.resolve()),
-                "pair": cand.pair,
-                "original_shape": list(image.shape[:2]),
-                "crop": list(box),
-            }
-            if cand.mask_path is not None:
-                inst, types, _ = _read_mask(cand, image.shape[:2], scheme)
-                _write_npy(case_mask_path(tmp, case_id), np.stack([_crop(inst, box), _crop(types, box)]))
-                entry["mask_source"] = str(cand.mask_path.resolve())
-            entry.update(_provenance_of(cand.path))
-            key_cases[case_id] = entry
-        for path in cases_dir(tmp).iterdir():
-            os.utime(path, (_NEUTRAL_MTIME, _NEUTRAL_MTIME))
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        key = {
-            "format": KEY_FORMAT,
-            "version": FORMAT_VERSION,
-            "study_id": study_id,
-            "created_utc": now,
-            "options": {
-                "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve()),
-                "masks": [str(d.resolve()) for d in mask_dirs] if mask_dirs is not None else None,
-                "per_class_from": None if per_class_from is None else str(per_class_from),
-                "balance": balance, "max_per_kind": max_per_kind, "crop": crop, "shape": target, "seed": seed,
-            },
-            "cases": key_cases,
-            "excluded": [{"truth": c.truth, "group": c.group, "source": c.source, "reason": "balance"}
-                         for c in excluded],
-        }
-        key_data = json.loads(json.dumps(key, default=json_default))
-        write_json_atomic(key_path, key_data)  # the key first: a study never exists without its key
-        try:
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            key_path.unlink(missing_ok=True)
-            raise
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
-    groups = {}
-    for cand in chosen:
-        real_n, syn_n = groups.get(cand.group, (0, 0))
-        groups[cand.group] = (real_n + (cand.truth == "real"), syn_n + (cand.truth == "synthetic"))
-    return StudyCreated(
-        study=out, key_path=key_path,
-        n_real=sum(c.truth == "real" for c in chosen), n_synthetic=sum(c.truth == "synthetic" for c in chosen),
-        mode=manifest["mode"], groups=dict(sorted(groups.items())), excluded=len(excluded),
-        shape=tuple(target) if target else None, notes=notes,
-    )
+def _write_cases(tmp: Path, assigned: dict, target, scheme) -> dict:
+    """Write every case (a PNG, and its mask) into the study folder ``tmp``; the key's entry of each case."""
+    cases_dir(tmp).mkdir(parents=True)
+    answers_dir(tmp).mkdir()
+    key_cases = {}
+    for case_id in sorted(assigned):  # written in id order: file times and order say nothing
+        cand = assigned[case_id]
+        image = read_rgb_image(cand.path, name=f"{cand.truth} image")
+        box = _centre_box(image.shape[:2], target)
+        _write_png(case_image_path(tmp, case_id), _crop(image, box))
+        entry = {
+            "truth": cand.truth,
+            "group": cand.group,
+            "source": cand.source,
+            "source_path": str(cand.path.resolve()),
+            "pair": cand.pair,
+            "original_shape": list(image.shape[:2]),
+            "crop": list(box),
+        }
+        if cand.mask_path is not None:
+            inst, types, _ = _read_mask(cand, image.shape[:2], scheme)
+            _write_npy(case_mask_path(tmp, case_id), np.stack([_crop(inst, box), _crop(types, box)]))
+            entry["mask_source"] = str(cand.mask_path.resolve())
+        entry.update(_provenance_of(cand.path))
+        key_cases[case_id] = entry
+    for path in cases_dir(tmp).iterdir():
+        os.utime(path, (_NEUTRAL_MTIME, _NEUTRAL_MTIME))
+    return key_cases
+
+
+def _publish(tmp: Path, out: Path, key_path: Path, key: dict) -> None:
+    """Write the key, then move the finished study folder to ``out`` (no study without its key)."""
+    key_data = json.loads(json.dumps(key, default=json_default))
+    write_json_atomic(key_path, key_data)  # the key first: a study never exists without its key
+    try:
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        key_path.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
 
 
 # -- finding the cases ---------------------------------------------------------------------
