@@ -157,54 +157,10 @@ def grow_nuclei_from_points(
     gap = int(gap)
 
     pix = point_pixels(pts)
-    inside = (pix[:, 0] >= 0) & (pix[:, 0] < height) & (pix[:, 1] >= 0) & (pix[:, 1] < width)
-    if not inside.all() and outside == "error":
-        bad = np.flatnonzero(~inside)
-        first = ", ".join(f"#{i} ({pts[i, 0]:g}, {pts[i, 1]:g})" for i in bad[:3])
-        raise HistogenInputError(
-            f"{bad.size} of {n} points lie outside the {width}x{height} px image (row, col: {first}"
-            f"{', ...' if bad.size > 3 else ''}). Delete or move them, check that the points belong to "
-            "this image (same scale, (row, col) order), or pass outside='drop' to skip them."
-        )
-
-    # One generator, one block of draws, row i for point i (see Notes).
-    rng = np.random.default_rng(seed)
-    normals = rng.standard_normal((n, 3)) if n else np.zeros((0, 3))
-    area_um2, aspect = _class_geometry(cls, scheme)
-    area_px = area_um2 / float(mpp) ** 2 * float(size_scale) * np.exp(float(size_jitter) * normals[:, 0])
-    aspect = aspect * np.exp(float(aspect_jitter) * normals[:, 1])
-    aspect = np.maximum(aspect, 1.0 / aspect)  # an aspect < 1 is the same ellipse turned by 90°
-    theta = np.pi * ndtr(normals[:, 2])  # uniform orientation in [0, pi) from the third normal
-    semi_major = np.sqrt(area_px * aspect / np.pi)
-    semi_minor = np.sqrt(area_px / (aspect * np.pi))
-
-    # Points sharing a pixel with an earlier point: the earlier one stands for both.
-    without = set(np.flatnonzero(~inside).tolist())
-    grow = np.zeros(n, bool)
-    seen: set[tuple[int, int]] = set()
-    for i in np.flatnonzero(inside):
-        key = (int(pix[i, 0]), int(pix[i, 1]))
-        if key in seen:
-            without.add(int(i))
-        else:
-            seen.add(key)
-            grow[i] = True
-
-    owner = np.full((height, width), _FREE, np.int32)
-    best = np.full((height, width), np.inf, np.float32)
-    boxes = {}
-    for i in np.flatnonzero(grow):
-        box = _paint_ellipse(owner, best, i + 1, pts[i], semi_major[i], semi_minor[i], theta[i])
-        boxes[i] = box
-    # Centre pixels last, so they override whatever neighbour won them by distance.
-    centre_r, centre_c = pix[grow, 0], pix[grow, 1]
-    owner[centre_r, centre_c] = np.flatnonzero(grow).astype(np.int32) + 1
-    best[centre_r, centre_c] = _PINNED
-
-    if gap > 0:
-        _cut_gaps(owner, best, gap)
-    for i, box in boxes.items():
-        _keep_centre_piece(owner, i + 1, box, pix[i])
+    inside = _inside(pts, pix, height, width, outside)
+    semi_major, semi_minor, theta = _draw_ellipses(cls, scheme, mpp, seed, size_scale, size_jitter, aspect_jitter)
+    grow, without = _one_point_per_pixel(pix, inside)
+    owner = _paint_nuclei(pts, pix, grow, (height, width), semi_major, semi_minor, theta, gap)
 
     classes = {int(i) + 1: int(cls[i]) for i in np.flatnonzero(grow)}
     provenance = make_provenance(
@@ -228,6 +184,82 @@ def grow_nuclei_from_points(
         metadata={"points_without_nucleus": sorted(without), "provenance": provenance},
         name="grown nuclei mask",
     )
+
+
+# -- the steps of grow_nuclei_from_points ---------------------------------------------
+
+
+def _inside(pts: np.ndarray, pix: np.ndarray, height: int, width: int, outside: str) -> np.ndarray:
+    """Which points fall in the image; points outside are an error unless ``outside='drop'``."""
+    n = len(pts)
+    inside = (pix[:, 0] >= 0) & (pix[:, 0] < height) & (pix[:, 1] >= 0) & (pix[:, 1] < width)
+    if not inside.all() and outside == "error":
+        bad = np.flatnonzero(~inside)
+        first = ", ".join(f"#{i} ({pts[i, 0]:g}, {pts[i, 1]:g})" for i in bad[:3])
+        raise HistogenInputError(
+            f"{bad.size} of {n} points lie outside the {width}x{height} px image (row, col: {first}"
+            f"{', ...' if bad.size > 3 else ''}). Delete or move them, check that the points belong to "
+            "this image (same scale, (row, col) order), or pass outside='drop' to skip them."
+        )
+    return inside
+
+
+def _draw_ellipses(cls: np.ndarray, scheme, mpp, seed, size_scale, size_jitter, aspect_jitter):
+    """``(semi_major, semi_minor, theta)`` in pixels and radians, one per point.
+
+    One generator, one block of draws, row i for point i (see the Notes of
+    :func:`grow_nuclei_from_points`).
+    """
+    n = len(cls)
+    rng = np.random.default_rng(seed)
+    normals = rng.standard_normal((n, 3)) if n else np.zeros((0, 3))
+    area_um2, aspect = _class_geometry(cls, scheme)
+    area_px = area_um2 / float(mpp) ** 2 * float(size_scale) * np.exp(float(size_jitter) * normals[:, 0])
+    aspect = aspect * np.exp(float(aspect_jitter) * normals[:, 1])
+    aspect = np.maximum(aspect, 1.0 / aspect)  # an aspect < 1 is the same ellipse turned by 90°
+    theta = np.pi * ndtr(normals[:, 2])  # uniform orientation in [0, pi) from the third normal
+    semi_major = np.sqrt(area_px * aspect / np.pi)
+    semi_minor = np.sqrt(area_px / (aspect * np.pi))
+    return semi_major, semi_minor, theta
+
+
+def _one_point_per_pixel(pix: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, set[int]]:
+    """``(grow, without)``: the points that grow a nucleus, and those that do not.
+
+    Points sharing a pixel with an earlier point do not: the earlier one stands for both.
+    """
+    without = set(np.flatnonzero(~inside).tolist())
+    grow = np.zeros(len(pix), bool)
+    seen: set[tuple[int, int]] = set()
+    for i in np.flatnonzero(inside):
+        key = (int(pix[i, 0]), int(pix[i, 1]))
+        if key in seen:
+            without.add(int(i))
+        else:
+            seen.add(key)
+            grow[i] = True
+    return grow, without
+
+
+def _paint_nuclei(pts, pix, grow, shape, semi_major, semi_minor, theta, gap: int) -> np.ndarray:
+    """The instance map: ellipses by relative distance, centre pixels pinned, gaps cut, one piece each."""
+    height, width = shape
+    owner = np.full((height, width), _FREE, np.int32)
+    best = np.full((height, width), np.inf, np.float32)
+    boxes = {}
+    for i in np.flatnonzero(grow):
+        box = _paint_ellipse(owner, best, i + 1, pts[i], semi_major[i], semi_minor[i], theta[i])
+        boxes[i] = box
+    # Centre pixels last, so they override whatever neighbour won them by distance.
+    centre_r, centre_c = pix[grow, 0], pix[grow, 1]
+    owner[centre_r, centre_c] = np.flatnonzero(grow).astype(np.int32) + 1
+    best[centre_r, centre_c] = _PINNED
+
+    if gap > 0:
+        _cut_gaps(owner, best, gap)
+    for i, box in boxes.items():
+        _keep_centre_piece(owner, i + 1, box, pix[i])
+    return owner
 
 
 # -- validation ----------------------------------------------------------------------
