@@ -1,10 +1,10 @@
-"""What the ``histogen`` verbs share: the progress bar, device options, schemes, request defaults."""
+"""What the ``histogen`` verbs share: the progress bar, device options, schemes, request defaults, batch reports."""
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["ProgressBar", "add_device_options", "scheme_or_none", "defaults_of", "eprint"]
+__all__ = ["ProgressBar", "add_device_options", "scheme_or_none", "defaults_of", "eprint", "report_batch"]
 
 
 class ProgressBar:
@@ -51,3 +51,16 @@ def defaults_of(request_type) -> dict:
     from .core.engines.base import request_defaults
 
     return request_defaults(request_type)
+
+
+def report_batch(report, out, what: str) -> int:
+    """Print what a batch run wrote and skipped (with reasons); the exit code: 0, or 2 when nothing was written.
+
+    ``report`` is a :class:`~napari_histogen.core.engines.batch.BatchReport`; ``what`` names the
+    skipped inputs (``'mask(s)'``, ``'source(s)'``).
+    """
+    print(f"Wrote {len(report.written)} image + mask pairs to {out}"
+          + (f"; skipped {len(report.skipped)} {what}:" if report.skipped else "."))
+    for path, reason in report.skipped:
+        print(f"  {path}: {reason}")
+    return 0 if report.written else 2

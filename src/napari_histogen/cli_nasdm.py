@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_common import ProgressBar, add_device_options, defaults_of, eprint
+from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, report_batch
 
 __all__ = ["add_train_parser", "add_nasdm_parser", "cmd_synthesize_nasdm", "cmd_train_nasdm"]
 
@@ -90,11 +90,7 @@ def cmd_synthesize_nasdm(args) -> int:
                                   log=eprint)
     finally:
         bar.close()
-    print(f"Wrote {len(report.written)} image + mask pairs to {args.out}"
-          + (f"; skipped {len(report.skipped)} mask(s):" if report.skipped else "."))
-    for path, reason in report.skipped:
-        print(f"  {path}: {reason}")
-    return 0 if report.written else 2
+    return report_batch(report, args.out, "mask(s)")
 
 
 def add_train_parser(sub) -> None:

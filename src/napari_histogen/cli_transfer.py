@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, scheme_or_none
+from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, report_batch, scheme_or_none
 
 __all__ = ["add_transfer_parser", "add_models_fetch", "cmd_synthesize_transfer", "cmd_models_fetch",
            "sd_model_lines"]
@@ -87,11 +87,7 @@ def cmd_synthesize_transfer(args) -> int:
                                  scheme=scheme_or_none(args.scheme), progress=bar, log=eprint)
     finally:
         bar.close()
-    print(f"Wrote {len(report.written)} image + mask pairs to {args.out}"
-          + (f"; skipped {len(report.skipped)} source(s):" if report.skipped else "."))
-    for path, reason in report.skipped:
-        print(f"  {path}: {reason}")
-    return 0 if report.written else 2
+    return report_batch(report, args.out, "source(s)")
 
 
 def add_transfer_parser(engines) -> None:
