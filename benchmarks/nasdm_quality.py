@@ -153,7 +153,7 @@ def main(argv=None):
     parser.add_argument("--out", default="nasdm-quality")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-patches", type=int, default=None, help="use only the first N validation patches")
+    parser.add_argument("--max-patches", type=int, default=None, help="use N evenly spaced validation patches")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the tile split (as in training)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--min-tissue", type=float, default=0.5)
@@ -171,7 +171,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     ps = build_patch_set(args.data, target_mpp=DATA_MPP, patch_size=256, overlap=0.0, min_tissue=args.min_tissue,
                          val_fraction=args.val_fraction, seed=args.split_seed)
-    refs = list(ps.val)[: args.max_patches] if args.max_patches else list(ps.val)
+    refs = list(ps.val)
+    if args.max_patches and args.max_patches < len(refs):  # evenly spaced, so every validation tile takes part
+        refs = [refs[int(i)] for i in np.linspace(0, len(refs) - 1, args.max_patches).round()]
     val = [ps.crop(r) for r in refs]
     tiles = [r.source_id for r in refs]
     n = len(val)

@@ -133,3 +133,27 @@ def test_cli_synthesize_bad_inputs_exit_2(tiny_nasdm, tmp_path, capsys):
     rc = main(["synthesize", "nasdm", "--mask", str(tmp_path / "m.npz"), "--model", str(tmp_path / "nope.safetensors"),
                "--out", str(tmp_path / "o")])
     assert rc == 2 and "No NASDM model" in capsys.readouterr().err
+
+
+def test_requests_left_open_take_the_models_recommendations(engine):
+    from napari_histogen.core.engines.nasdm import recommended_settings
+
+    rec = recommended_settings(engine.config, "cpu")
+    assert rec == {"steps": 75, "guidance": 1.5, "sampler": "ddpm", "variance": "learned"}
+    assert recommended_settings(engine.config, "cuda")["steps"] == 250
+    engine.config.training["sampler_variance"] = "fixed_small"
+    engine.config.training["default_guidance"] = 0.5
+    try:
+        out = engine.run(NasdmRequest(nuclei=_mask(), steps=3))[0].provenance["parameters"]
+    finally:
+        del engine.config.training["sampler_variance"], engine.config.training["default_guidance"]
+    assert (out["variance"], out["guidance"], out["sampler"]) == ("fixed_small", 0.5, "ddpm")
+    with pytest.raises(HistogenInputError, match="latent"):
+        engine.run(NasdmRequest(nuclei=_mask(), steps=3, sampler="dpmpp"))
+
+
+def test_fixed_small_variance_differs_from_learned_and_is_reproducible(engine):
+    fixed = engine.run(NasdmRequest(nuclei=_mask(), steps=4, variance="fixed_small"))[0].image
+    again = engine.run(NasdmRequest(nuclei=_mask(), steps=4, variance="fixed_small"))[0].image
+    learned = engine.run(NasdmRequest(nuclei=_mask(), steps=4, variance="learned"))[0].image
+    assert np.array_equal(fixed, again) and not np.array_equal(fixed, learned)

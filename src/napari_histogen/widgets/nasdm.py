@@ -171,11 +171,15 @@ class NasdmWidget(EngineDock):
         if recommend is None or config is None:
             return
         device = self.device_combo.currentText()
-        rec = recommend(config, None if device == "auto" else device)
+        if device == "auto":  # where "auto" would run (pixel models take more steps on a GPU)
+            from ..core.engines.nasdm import DEFAULT_STEPS_GPU
+
+            device = "cuda" if _default_steps() == DEFAULT_STEPS_GPU else "cpu"
+        rec = recommend(config, device)
         d = request_defaults(NasdmRequest)
         if d.get("guidance") is None and rec.get("guidance") is not None:
             self.guidance_spin.setValue(float(rec["guidance"]))
-        if d.get("steps") is None and rec.get("steps") is not None and device != "auto":
+        if d.get("steps") is None and rec.get("steps") is not None:
             self.steps_spin.setValue(int(rec["steps"]))
 
     # -- running ------------------------------------------------------------------------
