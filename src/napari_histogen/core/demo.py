@@ -1,8 +1,9 @@
 """The main job's synthesis: the embedded NASDM model conditioned on the bundled sample masks.
 
-Two masks, both redistributable: the NuCLS patch (CC0, 40x; its classes mapped to the CoNSeP
-scheme and resampled to the model's 20x, with its real image beside the result) and a crop
-of the IHC sample's nuclei (derived heuristically, CoNSeP scheme, 0.5 µm/px).
+Two masks, both redistributable, brought to the model's scale and patch size: the NuCLS
+patch (CC0, 40x; its classes mapped to the CoNSeP scheme, with its real image beside the
+result) and a crop of the IHC sample's nuclei (derived heuristically, CoNSeP scheme, 0.5
+µm/px).
 """
 
 from __future__ import annotations
@@ -77,10 +78,8 @@ def synthesize_demo(out_dir, *, model=None, steps: int | None = None, seed: int 
     written = []
     masks = demo_masks(engine.config.image_size, engine.config.mpp)
     request = NasdmRequest(steps=steps, seed=seed)
-    if request.steps is None:
-        from .engines.nasdm import default_steps
-
-        request.steps = default_steps(engine.device)
+    if request.steps is None:  # the model's recommendation (progress needs the count up front)
+        request.steps = int(engine.recommended()["steps"])
     for k, (name, mask, real) in enumerate(masks):
         request.nuclei = mask
         result = engine.run(request, progress=sub_progress(progress, k * request.steps,
