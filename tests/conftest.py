@@ -6,10 +6,13 @@ Tests never import other test modules: what several of them need lives here.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+# reader-study keys go to the user's key folder by default: never the real one during tests
+os.environ.setdefault("HISTOGEN_KEY_DIR", tempfile.mkdtemp(prefix="histogen-test-keys-"))
 
 
 def save_tiny_nasdm(folder, *, image_size=32, scheme="consep", seed=0):

@@ -57,9 +57,9 @@ def _png(path, rgb, text=None):
     Image.fromarray(rgb).save(path, pnginfo=info)
 
 
-def make_folders(root: Path, n_real=3, n_synthetic=3, masks=False, groups=GROUPS) -> dict:
-    """real/<group>/real_<group>_<i>.png (72x80, one JPEG), synthetic/<group>/syn_<group>_<i>.png (64x64)
-    with provenance sidecars and PNG text; masks/<stem>_mask.npz when asked."""
+def make_folders(root: Path, n_real=3, n_synthetic=3, masks=False, groups=GROUPS, jpeg=False) -> dict:
+    """real/<group>/real_<group>_<i>.png (72x80, one JPEG when asked), synthetic/<group>/syn_<group>_<i>.png
+    (64x64) with provenance sidecars and PNG text; masks/<stem>_mask.npz when asked."""
     rng = np.random.default_rng(7)
     out = {"real": root / "real", "synthetic": root / "synthetic", "masks": root / "masks"}
     for group in groups:
@@ -69,7 +69,7 @@ def make_folders(root: Path, n_real=3, n_synthetic=3, masks=False, groups=GROUPS
             for i in range(n):
                 stem = f"{'real' if kind == 'real' else 'syn'}_{group}_{i}"
                 rgb = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
-                if kind == "real" and i == 0:
+                if kind == "real" and i == 0 and jpeg:
                     Image.fromarray(rgb).save(folder / f"{stem}.jpg", quality=95)
                 elif kind == "synthetic":
                     _png(folder / f"{stem}.png", rgb, {"parameters": json.dumps({"engine": ENGINE, "seed": i})})
@@ -118,7 +118,9 @@ def _png_chunks(path: Path) -> list[str]:
 def test_study_reader_visible_files_reveal_no_provenance(study, folders):
     root = study.study
     key = _key(study)
-    assert study.key_path == root.parent / "study.key.json"  # outside what readers receive
+    # outside what readers receive, and outside the folder that holds the study; owner-only
+    assert not study.key_path.resolve().is_relative_to(root.parent.resolve())
+    assert study.key_path.stat().st_mode & 0o777 == 0o600
     visible = [p for p in root.rglob("*") if p.is_file()]
     names = sorted(str(p.relative_to(root)) for p in visible)
     ids = load_manifest(root)["cases"]
@@ -134,8 +136,8 @@ def test_study_reader_visible_files_reveal_no_provenance(study, folders):
         for token in tokens:
             assert token.encode() not in blob, (path.name, token)
     manifest_text = (root / "study.json").read_text()
-    for case_id in ids:  # the manifest says nothing per case beyond its id
-        assert manifest_text.count(case_id) == 1
+    for case_id in ids:  # the manifest says nothing per case beyond its id (in the list, and each reader's order)
+        assert manifest_text.count(case_id) == 1 + len(load_manifest(root)["readers"])
 
     # pixels only: no text/time/profile chunks; one size for all (real were larger); same mtimes
     for path in visible:
@@ -170,10 +172,11 @@ def test_case_order_is_not_correlated_with_truth_or_group(study):
         firsts.append(key["cases"][order[0]]["truth"] == "real")
     assert kstest(pvals, "uniform").pvalue > 0.01  # positions of real vs synthetic: no systematic shift
     assert 0.3 < np.mean(firsts) < 0.7
-    # each reader has a recorded seed and a different order
+    # each reader has a recorded order (the order itself, no seed) and a different one
     manifest = load_manifest(study.study)
-    seeds = {r: v["seed"] for r, v in manifest["readers"].items()}
-    assert set(seeds) == {"r1", "r2"} and reader_order(ids, seeds["r1"]) != reader_order(ids, seeds["r2"])
+    orders = {r: v["order"] for r, v in manifest["readers"].items()}
+    assert set(orders) == {"r1", "r2"} and orders["r1"] != orders["r2"]
+    assert sorted(orders["r1"]) == sorted(ids) and "seed" not in json.dumps(manifest)
 
 
 def test_key_lives_outside_the_study(folders, tmp_path):
@@ -227,7 +230,9 @@ def test_balance_groups_csv_and_bad_inputs(tmp_path):
     with pytest.raises(HistogenInputError, match="broken.png cannot be decoded"):
         create_study(flat["real"], flat["synthetic"], tmp_path / "f", balance="none")
     assert not (tmp_path / "f").exists() and not list(tmp_path.glob(".f.creating-*"))  # nothing half-made
-    assert not (tmp_path / "f.key.json").exists()
+    from napari_histogen.core.study import key_dir
+
+    assert not list(key_dir().glob("f-*.key.json")) and not list(key_dir().glob(".*.tmp"))
 
 
 def test_image_with_mask_study(tmp_path):
@@ -255,6 +260,7 @@ def test_image_with_mask_study(tmp_path):
 # -- the answer log: audit trail, resume, corruption, ownership ------------------------------------
 def test_answers_audit_trail_and_resume(study):
     with ReaderSession(study.study, "r1") as s:
+        token = s.issued_token
         assert s.index == 0 and s.progress == f"1 / {s.n_cases}"
         with pytest.raises(HistogenInputError, match="Score this case first"):
             s.next()
@@ -271,7 +277,12 @@ def test_answers_audit_trail_and_resume(study):
     assert len(log.answers) == 6  # 5 answers + 1 change
     assert [a.realism for a in log.answers if a.index == 2] == [5, 9]
     assert log.latest()[log.answers[2].case].realism == 9  # the last one counts
-    with ReaderSession(study.study, "r1") as s:
+    with pytest.raises(HistogenInputError, match="reader token"):
+        ReaderSession(study.study, "r1")  # another reader cannot open r1's answers without r1's token
+    with pytest.raises(HistogenInputError, match="not reader 'r1'"):
+        ReaderSession(study.study, "r1", token="0" * 12)
+    with ReaderSession(study.study, "r1", token=token) as s:
+        assert s.issued_token is None
         assert s.index == 5 and s.progress == f"6 / {s.n_cases}"  # next case after where they stopped
         assert s.answer(2).realism == 9 and s.answer(2).comment == "second look"
     order = ["a", "b", "c", "d"]
@@ -284,6 +295,7 @@ def test_answers_audit_trail_and_resume(study):
 def test_corrupt_last_line_is_skipped_with_a_warning(study):
     path = study.study / "answers" / "r1.jsonl"
     with ReaderSession(study.study, "r1") as s:
+        token = s.issued_token
         for score in (2, 3, 4):
             s.record(score)
             s.next()
@@ -294,7 +306,7 @@ def test_corrupt_last_line_is_skipped_with_a_warning(study):
         assert len(read_answer_log(path).answers) == 3  # reading leaves the file alone
     assert path.read_bytes().endswith(torn)
     with pytest.warns(LogWarning):
-        s = ReaderSession(study.study, "r1")
+        s = ReaderSession(study.study, "r1", token=token)
     with s:
         assert s.index == 3 and s.n_answered == 3
         assert any("damaged" in w for w in s.warnings)
@@ -308,7 +320,7 @@ def test_corrupt_last_line_is_skipped_with_a_warning(study):
     path.write_bytes(path.read_bytes()[:-1])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with ReaderSession(study.study, "r1") as s:
+        with ReaderSession(study.study, "r1", token=token) as s:
             assert s.n_answered == 4
     assert path.read_bytes().endswith(b"}\n")
 
@@ -316,12 +328,12 @@ def test_corrupt_last_line_is_skipped_with_a_warning(study):
     with open(path, "ab") as fh:
         fh.write(b"\x00" * 40)
     with pytest.warns(LogWarning):
-        ReaderSession(study.study, "r1").close()
+        ReaderSession(study.study, "r1", token=token).close()
     lines = path.read_bytes().splitlines(keepends=True)
     lines[2] = b'{"type":"answ\n'
     path.write_bytes(b"".join(lines))
     with pytest.raises(CorruptFileError, match="line 3 is damaged"):
-        ReaderSession(study.study, "r1")
+        ReaderSession(study.study, "r1", token=token)
 
 
 def test_readers_never_write_the_same_file(study):
@@ -349,6 +361,7 @@ _CHILD = textwrap.dedent("""
     import sys, time
     from napari_histogen.core.study import ReaderSession
     s = ReaderSession(sys.argv[1], sys.argv[2])
+    print(f"token {s.issued_token}", flush=True)
     while True:
         score = s.index % 10 + 1
         s.record(score, comment=f"c{s.index}")
@@ -367,6 +380,7 @@ def test_sigkill_mid_session_loses_no_answer_and_resumes_at_next_case(folders, t
                             stderr=subprocess.PIPE, text=True)
     seen = []
     try:
+        token = proc.stdout.readline().split()[1]
         deadline = time.monotonic() + 60
         while len(seen) < 5 and time.monotonic() < deadline:
             line = proc.stdout.readline()
@@ -376,7 +390,7 @@ def test_sigkill_mid_session_loses_no_answer_and_resumes_at_next_case(folders, t
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL and len(seen) == 5
-    with ReaderSession(result.study, "k1") as s:
+    with ReaderSession(result.study, "k1", token=token) as s:
         recorded = s.answers()
         for _, index, case, score in seen:  # every answer reported as recorded is there
             assert recorded[case].realism == int(score) and recorded[case].index == int(index)
@@ -479,7 +493,7 @@ def test_report_statistics_match_hand_computed_case(tmp_path):
     assert overall["n_correct"] == 7 and overall["p_binomial"] == pytest.approx(18 / 256)
     assert overall["auc_ci_low"] <= 0.96875 <= overall["auc_ci_high"]
     answers = (tmp_path / "report" / "answers.csv").read_text()
-    assert answers.count("\n") == 9 and "real/g/real_g_0.jpg" in answers
+    assert answers.count("\n") == 9 and "real/g/real_g_0.png" in answers
     for name in ("summary.md", "summary.json", "records.csv", "realism_by_group.png", "roc.png",
                  "realism_by_reader.png"):
         assert (tmp_path / "report" / name).is_file(), name
@@ -496,7 +510,7 @@ def test_report_with_groups_readers_criteria_and_pairs(tmp_path):
             p.rename(p.with_name(p.name.replace("syn_", "real_")))
         for p in sorted(f["masks"].glob(f"syn_{g}_*")):
             p.rename(f["synthetic"] / g / p.name.replace("syn_", "real_"))
-    (f["real"] / GROUPS[0] / f"real_{GROUPS[0]}_0.jpg").unlink()
+    (f["real"] / GROUPS[0] / f"real_{GROUPS[0]}_0.png").unlink()
     (f["synthetic"] / GROUPS[0] / f"real_{GROUPS[0]}_0.png").unlink()
     result = create_study(f["real"], f["synthetic"], tmp_path / "s", masks=f["masks"], per_class_from="subfolders",
                           seed=4)
@@ -568,8 +582,10 @@ def test_cli_create_status_report(folders, tmp_path, capsys):
     assert _cli(["study", "create", "--real", str(folders["real"]), "--synthetic", str(folders["synthetic"]),
                  "--per-class-from", "subfolders", "--readers", "a", "b", "--seed", "1", "--out", str(study)]) == 0
     out = capsys.readouterr().out
-    assert "12 cases (6 real, 6 synthetic)" in out and "cli-study.key.json" in out
-    key = json.loads((tmp_path / "cli-study.key.json").read_text())
+    assert "12 cases (6 real, 6 synthetic)" in out
+    key_path = Path(out.split("Key (keep it from the readers): ", 1)[1].splitlines()[0])
+    assert key_path.name.startswith("cli-study-") and not key_path.resolve().is_relative_to(tmp_path.resolve())
+    key = json.loads(key_path.read_text())
     _score_all(study, "a", key, {"real": [9, 8, 7, 9, 8, 7], "synthetic": [2, 3, 4, 6, 5, 1]})
     assert _cli(["study", "status", str(study)]) == 0
     status = capsys.readouterr().out

@@ -112,7 +112,10 @@ def test_score_mask_study_with_the_keyboard_and_screenshot(dock, qtbot, tmp_path
         session = widget.open_study(result.study, "pathologist1")
         assert session is not None and widget.progress_label.text() == "1 / 8"
         assert not widget.criteria_box.isHidden() and not widget.auto_next.isChecked()
-        assert not viewer.layers["my other image"].visible  # only the case is on the canvas
+        # only the case is in the viewer: other layers are removed (a hidden one could be shown again)
+        assert "my other image" not in [layer.name for layer in viewer.layers]
+        token = session.issued_token
+        assert token and any(token in note for note in infos)
         _check_blind(viewer, widget, key, folders, session)
 
         # case 1: score 7 (key 7), tick boundaries (B) and missing (M), save with Right
@@ -161,7 +164,10 @@ def test_score_mask_study_with_the_keyboard_and_screenshot(dock, qtbot, tmp_path
     assert [layer.name for layer in viewer.layers] == ["my other image"] and viewer.layers[0].visible
     _press(viewer, qtbot, Qt.Key_5)
     assert errors == []
-    widget.open_study(result.study, "pathologist1")
+    assert widget.open_study(result.study, "pathologist1") is None  # another reader: no token, no answers
+    assert "reader token" in errors[-1] and widget.session is None
+    errors.clear()
+    widget.open_study(result.study, "pathologist1", token)
     assert widget.progress_label.text() == "3 / 8" and widget.session.answer() is None
     widget.save_and_next()
     assert "realism score first" in errors[-1]

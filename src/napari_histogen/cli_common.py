@@ -2,9 +2,57 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 
-__all__ = ["ProgressBar", "add_device_options", "scheme_or_none", "defaults_of", "eprint", "report_batch"]
+__all__ = ["ProgressBar", "add_device_options", "scheme_or_none", "defaults_of", "eprint", "report_batch",
+           "positive_int", "nonneg_int", "seed_int", "positive_float", "has_display"]
+
+#: Seeds the product accepts: every random generator it feeds (numpy, torch) takes them.
+SEED_MAX = 2**32 - 1
+
+
+def _int(text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed 0 .. 2**32 - 1."""
+    value = _int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed is 0..{SEED_MAX}, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value
 
 
 class ProgressBar:
@@ -64,3 +112,8 @@ def report_batch(report, out, what: str) -> int:
     for path, reason in report.skipped:
         print(f"  {path}: {reason}")
     return 0 if report.written else 2
+
+
+def has_display() -> bool:
+    """Whether a window can open (X11/Wayland, or macOS/Windows)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")

@@ -11,6 +11,9 @@ import argparse
 import warnings
 from pathlib import Path
 
+from .cli_common import has_display, positive_int, seed_int
+from .core.errors import HistogenInputError
+
 __all__ = ["add_study_parser", "cmd_study_create", "cmd_study_report", "cmd_study_status", "cmd_study_score"]
 
 
@@ -21,7 +24,8 @@ def cmd_study_create(args) -> int:
     result = create_study(
         args.real, args.synthetic, args.out, masks=args.masks, per_class_from=args.per_class_from,
         readers=args.readers, balance=args.balance, max_per_kind=args.max_per_kind, crop=args.crop,
-        scheme=args.scheme, seed=args.seed, key_path=args.key_out, title=args.title,
+        scheme=args.scheme, seed=args.seed, key_path=args.key_out, title=args.title, reencode=args.reencode,
+        scale=args.scale,
     )
     print(result.describe())
     print(f"Readers score with: histogen study score {result.study} --reader ID "
@@ -42,6 +46,9 @@ def cmd_study_status(args) -> int:
     if not rows:
         print("No reader has started yet.")
     for row in rows:
+        if row.get("ignored"):
+            print(f"  ignored: {row['reader']} (no reader of this study)")
+            continue
         line = f"  {row['reader']:16s} {row['answered']:4d} / {row['n_cases']} answered, {row['records']} records"
         if row["last_utc"]:
             line += f", last {row['last_utc']}"
@@ -70,7 +77,15 @@ def cmd_study_score(args) -> int:
 
     load_manifest(args.study)
     check_reader_id(args.reader)
-    ReaderSession(args.study, args.reader).close()  # fail here, plainly, before napari starts
+    session = ReaderSession(args.study, args.reader, token=args.token)  # fail here, plainly, before napari starts
+    session.close()
+    token = session.issued_token or args.token
+    if session.issued_token:
+        print(f"Your reader token is {session.issued_token}. Write it down: you need it to resume "
+              f"(--token {session.issued_token}), and nobody else can open your answers without it.")
+    if not has_display():
+        raise HistogenInputError("No display: scoring needs a screen (napari). Run 'histogen study score' on a "
+                                 "desktop, or set DISPLAY.")
 
     import napari
 
@@ -79,7 +94,7 @@ def cmd_study_score(args) -> int:
     viewer = napari.Viewer(title="Reader study")
     widget = StudyWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Histogen: reader study", area="right")
-    widget.open_study(args.study, args.reader)
+    widget.open_study(args.study, args.reader, token)
     napari.run()
     return 0
 
@@ -100,7 +115,7 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
         description="Every case is re-encoded as a metadata-free PNG named by a random id in STUDY/cases/; which "
                     "is real, its group, original file and any provenance (sidecar <stem>.json or "
                     "<stem>_provenance.json, PNG text) go to the key, written outside the study folder "
-                    "(STUDY.key.json next to it, or --key-out), so handing STUDY to readers never hands them "
+                    "(in the key folder, mode 0600, or --key-out), so handing STUDY to readers never hands them "
                     "the key. Real and synthetic counts are balanced; each reader's case order "
                     "is a recorded random permutation.",
     )
@@ -119,15 +134,24 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
     create.add_argument("--balance", choices=("overall", "group", "none"), default="overall",
                         help="leave out random images of the larger kind so real and synthetic counts match, "
                              "overall or per group (default overall)")
-    create.add_argument("--max-per-kind", type=int, default=None, metavar="N",
+    create.add_argument("--max-per-kind", type=positive_int, default=None, metavar="N",
                         help="at most N real and N synthetic cases (per group with --balance group)")
     create.add_argument("--crop", choices=("common", "none"), default="common",
                         help="centre-crop all cases to one size so size cannot reveal them (default common)")
     create.add_argument("--scheme", default=None, help="class scheme of type-map masks (.png/.npy), default consep")
-    create.add_argument("--seed", type=int, default=None,
-                        help="reproducible ids and order seeds (recorded in the key only); default: random")
+    create.add_argument("--seed", type=seed_int, default=None,
+                        help="reproducible selection and reader orders (recorded in the key only; case ids and "
+                             "which case is which are always secret random); default: random")
     create.add_argument("--key-out", default=None, metavar="FILE",
-                        help="write the key here instead of STUDY.key.json (outside STUDY; keep it from the readers)")
+                        help="write the key here (mode 0600, outside STUDY) instead of the key folder "
+                             "($HISTOGEN_KEY_DIR or ~/.local/share/napari-histogen/study-keys); keep it from the "
+                             "readers")
+    create.add_argument("--reencode", choices=("jpeg",), default=None,
+                        help="pass every case through the same JPEG encoding (needed when some images were JPEG "
+                             "and others not: JPEG traces would reveal them)")
+    create.add_argument("--scale", choices=("resample", "refuse"), default="resample",
+                        help="cases whose masks record different um/px: resample all to the coarsest (default) "
+                             "or refuse")
     create.add_argument("--title", default=None, help="title shown to readers (must not reveal provenance)")
     create.add_argument("--out", required=True, metavar="STUDY", help="new study folder")
     create.set_defaults(func=cmd_study_create)
@@ -144,6 +168,8 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                                        "Each answer is on disk before the next case shows; closing resumes later.")
     score.add_argument("study", help="study folder")
     score.add_argument("--reader", required=True, help="your reader id (letters, digits, - and _)")
+    score.add_argument("--token", default=None,
+                       help="your reader token (shown when you first opened the study; needed to resume)")
     score.set_defaults(func=cmd_study_score)
 
     report = sub.add_parser(
@@ -157,10 +183,11 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
     report.add_argument("study", help="study folder")
     report.add_argument("--out", required=True, help="report folder")
     report.add_argument("--key", default=None, metavar="FILE",
-                        help="the study key (default STUDY.key.json next to the study folder)")
+                        help="the study key (default: the study's key in the key folder)")
     report.add_argument("--threshold", type=int, default=6, help="score from which an answer means 'real' (default 6)")
-    report.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
-    report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    report.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
+                        help="bootstrap resamples (default 2000)")
+    report.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed (default 0)")
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     report.set_defaults(func=cmd_study_report)
     return study

@@ -2,7 +2,8 @@
 
 Thin by design: every decision lives in :mod:`napari_histogen.core.study`. While a study
 is open the dock shows nothing that tells real from synthetic: layers are named ``case``
-and ``mask``, carry no metadata and no file source, and the key is never read.
+and ``mask``, carry no metadata and no file source, every other layer is removed from the
+viewer (put back on close), and the key is never read.
 
 Keys on the canvas while a study is open: ``1``-``9`` and ``0`` (= 10) score, Right or
 Enter save and show the next case, Left the previous one, ``B``/``T``/``M``/``X`` tick
@@ -54,7 +55,7 @@ class StudyWidget(QWidget):
         self.session: ReaderSession | None = None
         self._score: int | None = None
         self._bound: dict = {}  # key -> what it was bound to before the study opened
-        self._hidden_layers: list = []
+        self._removed_layers: list = []  # the viewer's layers, out of the viewer while a study is open
         self._case_layer = None
         self._mask_layer = None
 
@@ -72,6 +73,10 @@ class StudyWidget(QWidget):
         browse.clicked.connect(self._browse_study)
         self.reader_edit = QLineEdit()
         self.reader_edit.setPlaceholderText("your reader id, e.g. reader1")
+        self.token_edit = QLineEdit()
+        self.token_edit.setPlaceholderText("token (to resume)")
+        self.token_edit.setEchoMode(QLineEdit.Password)
+        self.token_edit.setToolTip("The token shown when you first opened the study: your answers open only with it")
         self.open_btn = QPushButton("Open")
         self.open_btn.clicked.connect(self._on_open_clicked)
         self.close_btn = QPushButton("Close")
@@ -80,7 +85,10 @@ class StudyWidget(QWidget):
         form.addWidget(self.study_edit, 0, 1, 1, 2)
         form.addWidget(browse, 0, 3)
         form.addWidget(QLabel("Reader"), 1, 0)
-        form.addWidget(self.reader_edit, 1, 1)
+        reader_row = QHBoxLayout()
+        reader_row.addWidget(self.reader_edit)
+        reader_row.addWidget(self.token_edit)
+        form.addLayout(reader_row, 1, 1)
         form.addWidget(self.open_btn, 1, 2)
         form.addWidget(self.close_btn, 1, 3)
 
@@ -231,7 +239,7 @@ class StudyWidget(QWidget):
         scoring = self.session is not None
         for w in (self.prev_btn, self.next_btn, self.close_btn, self.comment_edit, *self.score_buttons.values()):
             w.setEnabled(scoring)
-        for w in (self.open_btn, self.study_edit, self.reader_edit):
+        for w in (self.open_btn, self.study_edit, self.reader_edit, self.token_edit):
             w.setEnabled(not scoring)
         # owner actions are off while a reader scores: nothing unblinded on a reader's screen
         self.report_box.setEnabled(not scoring)
@@ -239,29 +247,37 @@ class StudyWidget(QWidget):
 
     # -- opening and closing -------------------------------------------------------------------
     def _on_open_clicked(self):
-        self.open_study(self.study_edit.text().strip(), self.reader_edit.text().strip())
+        self.open_study(self.study_edit.text().strip(), self.reader_edit.text().strip(),
+                        self.token_edit.text().strip() or None)
 
     @guarded
-    def open_study(self, study, reader) -> ReaderSession:
-        """Open ``study`` for ``reader`` and show the case where they stopped."""
+    def open_study(self, study, reader, token=None) -> ReaderSession:
+        """Open ``study`` for ``reader`` (with their ``token`` when resuming) and show the case where they stopped.
+
+        Every other layer is removed from the viewer while the study is open (not hidden:
+        a hidden layer, and its name, stays one click away) and put back when it closes.
+        """
         if not str(study):
             raise HistogenInputError("Choose the study folder first.")
         if self.session is not None:
             self.close_study()
-        session = ReaderSession(study, reader)
+        session = ReaderSession(study, reader, token=token)
         self.session = session
         self.study_edit.setText(str(study))
         self.reader_edit.setText(session.reader)
+        self.token_edit.clear()
+        if session.issued_token:
+            notify_info(f"Your reader token is {session.issued_token}. Write it down: you need it to resume, "
+                        "and nobody else can open your answers without it.")
         for note in session.warnings:
             notify_info(note)
         self._clear_owner_sections()
         self.score_box.setTitle(f"Score: {session.title}")
         self._build_criteria(session.criteria)
         self.auto_next.setChecked(not session.criteria)
-        for layer in list(self.viewer.layers):
-            if layer.visible:
-                layer.visible = False
-                self._hidden_layers.append(layer)
+        self._removed_layers = list(self.viewer.layers)
+        for layer in self._removed_layers:
+            self.viewer.layers.remove(layer)
         self._bind_keys()
         self._sync_enabled()
         self._show_case()
@@ -276,10 +292,10 @@ class StudyWidget(QWidget):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         self._case_layer = self._mask_layer = None
-        for layer in self._hidden_layers:
-            if layer in self.viewer.layers:
-                layer.visible = True
-        self._hidden_layers = []
+        for layer in self._removed_layers:
+            if layer not in self.viewer.layers:
+                self.viewer.layers.append(layer)
+        self._removed_layers = []
         if session is not None:
             session.close()
         self.progress_label.setText("no study open")

@@ -9,7 +9,7 @@
 
 from .answers import Answer, AnswerLog, LogWarning, read_answer_log
 from .create import StudyCreated, create_study
-from .layout import CRITERIA, check_reader_id, default_key_path, load_manifest
+from .layout import CRITERIA, check_reader_id, default_key_path, find_key_path, key_dir, load_manifest
 from .report import StudyReport, compute_report, load_key, write_report
 from .session import CaseData, ReaderSession, reader_order, reader_progress, resume_index
 
@@ -26,6 +26,8 @@ __all__ = [
     "compute_report",
     "create_study",
     "default_key_path",
+    "find_key_path",
+    "key_dir",
     "load_key",
     "load_manifest",
     "read_answer_log",

@@ -137,8 +137,9 @@ def _answer_from(record: dict) -> Answer:
                   elapsed_s=None if record.get("elapsed_s") is None else float(record["elapsed_s"]))
 
 
-def _parse(data: bytes, reader: str, path: Path) -> LogContents:
-    """Parse log bytes; a damaged last line is skipped with a warning, elsewhere it is an error."""
+def _parse(data: bytes, reader: str, path: Path, tolerant: bool = False) -> LogContents:
+    """Parse log bytes; a damaged last line is skipped with a warning, elsewhere it is an error
+    (``tolerant``: every damaged line, or line of another reader, is skipped with a warning)."""
     parts = data.split(b"\n")  # the part after the final newline is b"" for a whole log, else a torn line
     contents = LogContents(reader=reader, header=None)
     pos = 0
@@ -154,6 +155,10 @@ def _parse(data: bytes, reader: str, path: Path) -> LogContents:
         try:
             record = _decode(raw)
         except (ValueError, KeyError, TypeError, HistogenInputError) as err:
+            if tolerant and not is_tail:
+                contents.warnings.append(f"{path.name}: damaged line {number} was skipped ({err}).")
+                pos = end
+                continue
             if any(later.strip(b" \t\r\x00") for later in parts[number:]):
                 raise CorruptFileError(
                     f"{path} line {number} is damaged ({err}) and is not the last line; the log was edited or "
@@ -163,6 +168,11 @@ def _parse(data: bytes, reader: str, path: Path) -> LogContents:
                 f"{path.name}: the damaged last line {number} was skipped (an answer being written when napari "
                 "or the machine stopped); it was not recorded.")
             break
+        if record.get("reader") != reader and tolerant:
+            contents.warnings.append(f"{path.name}: line {number} belongs to reader {record.get('reader')!r} "
+                                     "and was skipped.")
+            pos = end
+            continue
         if record.get("reader") != reader:
             raise HistogenInputError(
                 f"{path.name} line {number} belongs to reader {record.get('reader')!r}, not {reader!r}: each "
@@ -180,7 +190,7 @@ def _parse(data: bytes, reader: str, path: Path) -> LogContents:
 def _decode(raw: bytes) -> dict:
     if b"\x00" in raw:
         raise ValueError("zero bytes")
-    record = json.loads(raw.decode("utf-8"))
+    record = json.loads(raw.decode("utf-8-sig"))  # a BOM (an editor's save) is not damage
     if not isinstance(record, dict) or record.get("type") not in ("reader", "open", "answer"):
         raise ValueError("not a log record")
     if record["type"] == "answer":
@@ -188,7 +198,7 @@ def _decode(raw: bytes) -> dict:
     return record
 
 
-def read_answer_log(path, reader: str | None = None) -> LogContents:
+def read_answer_log(path, reader: str | None = None, *, tolerant: bool = False) -> LogContents:
     """Read a reader's log without changing it (for status and report).
 
     Parameters
@@ -197,6 +207,9 @@ def read_answer_log(path, reader: str | None = None) -> LogContents:
         ``answers/<reader>.jsonl``.
     reader : str, optional
         Expected reader id; default: the file's stem.
+    tolerant : bool
+        Skip every damaged line (and any line of another reader) with a warning instead
+        of refusing the log: one damaged log never blocks the status or report of others.
 
     Returns
     -------
@@ -208,7 +221,7 @@ def read_answer_log(path, reader: str | None = None) -> LogContents:
     reader = check_reader_id(reader if reader is not None else path.stem)
     if not path.is_file():
         return LogContents(reader=reader, header=None)
-    contents = _parse(path.read_bytes(), reader, path)
+    contents = _parse(path.read_bytes(), reader, path, tolerant)
     for note in contents.warnings:
         warnings.warn(note, LogWarning, stacklevel=2)
     return contents

@@ -18,9 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptFileError, HistogenInputError
-from ..images import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES, resize_image
 from ..io.pairs import read_image_mask_pair, read_rgb_image
-from ..masks import as_label_image, check_same_shape, classes_from_type_map, nuclei_from_type_map, type_map_from_nuclei
+from ..masks import (
+    as_label_image,
+    check_same_shape,
+    classes_from_type_map,
+    nuclei_from_type_map,
+    resize_labels,
+    type_map_from_nuclei,
+)
 from ..provenance import json_default
 from ..schemes import get_scheme
 from .layout import (
@@ -40,6 +47,8 @@ from .layout import (
     fsync_dir,
     write_json_atomic,
 )
+from .leaks import FEATURE_TEXT, case_features, separating_features
+from .session import reader_order
 
 __all__ = ["StudyCreated", "create_study", "IMAGE_SUFFIXES", "DEFAULT_GROUP"]
 
@@ -57,6 +66,14 @@ _SIDECARS = ("{stem}.json", "{stem}_provenance.json", "{stem}.provenance.json")
 _NEUTRAL_MTIME = 946684800  # 2000-01-01T00:00:00Z
 BALANCE_CHOICES = ("overall", "group", "none")
 CROP_CHOICES = ("common", "none")
+#: None: refuse mixed JPEG/non-JPEG origins; 'jpeg': pass every case through the same JPEG encoding.
+REENCODE_CHOICES = (None, "jpeg")
+#: 'resample': bring cases of differing recorded um/px to the coarsest; 'refuse': stop instead.
+SCALE_CHOICES = ("resample", "refuse")
+_MPP_TOLERANCE = 0.02
+_JPEG_QUALITY = 90
+_MIN_CASE_SIDE = 16
+_SECRET = secrets.SystemRandom()
 
 
 @dataclass(frozen=True)
@@ -121,7 +138,8 @@ class _Candidate:
 
 
 def create_study(real, synthetic, out, *, masks=None, per_class_from=None, readers=None, balance="overall",
-                 max_per_kind=None, crop="common", scheme=None, seed=None, key_path=None, title=None) -> StudyCreated:
+                 max_per_kind=None, crop="common", scheme=None, seed=None, key_path=None, title=None,
+                 reencode=None, scale="resample") -> StudyCreated:
     """Make a blinded reader study folder.
 
     Parameters
@@ -146,9 +164,9 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
         ``file`` and ``group`` (or ``class``), ``file`` being a file name, stem or path
         relative to its folder. None: one group, ``'all'``.
     readers : list of str, optional
-        Reader ids; each gets a recorded seed for its case order, and only they may
-        score. None: any valid reader id may score, with a seed derived from the
-        study id and recorded in the reader's log.
+        Reader ids; each gets a random case order recorded in the manifest (the order
+        itself, not a seed), and only they may score. None: any valid reader id may
+        score, with a secret random order recorded in the reader's log at first opening.
     balance : {'overall', 'group', 'none'}
         Leave out randomly chosen images of the larger kind so real and synthetic
         counts are equal, overall or within each group (paired images are kept first).
@@ -163,13 +181,32 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
         Class scheme of type-map masks (``.png``/``.npy``); default: the scheme the masks
         record, else ``'consep'``.
     seed : int, optional
-        Makes case ids, selection and reader seeds reproducible. It is written to the
-        key only: with it and the inputs, anyone could recompute which id is which.
+        Makes the selection of cases and the readers' orders (as permutations of the
+        sorted case ids) reproducible. Case ids and which case is which always come from
+        secret randomness (:mod:`secrets`), so neither the seed nor anything in the study
+        folder can unblind it; the seed is written to the key only.
     key_path : str or Path, optional
-        Where to write the key, outside the study folder; default ``STUDY.key.json`` next
-        to it. Keep it from the readers: it is all that unblinds the study.
+        Where to write the key (mode 0600, never over an existing file), outside the study
+        folder; default ``KEYDIR/<STUDY>-<study id>.key.json`` (see
+        :func:`~.layout.key_dir`), outside the folder that holds the study too. Keep it
+        from the readers: it is all that unblinds the study.
     title : str, optional
         Study title shown to readers; it must not reveal provenance.
+    reencode : {None, 'jpeg'}
+        None: refuse a study where some cases were JPEG-compressed and others not (their
+        traces would tell them apart). ``'jpeg'``: pass every case through the same JPEG
+        encoding (quality 90) before it is written as PNG.
+    scale : {'resample', 'refuse'}
+        Cases whose masks (or sidecars) record different um/px: resample every case to the
+        coarsest of them (default), or refuse. Cases without a recorded scale among cases
+        with one give a warning (they cannot be matched).
+
+    The study is made in a temporary folder beside ``out`` and renamed into place, so a
+    concurrent creation at the same ``out`` ends with one complete study and one clear
+    error; nothing of a failed creation is left behind. Statistics a reader could measure
+    (case size, unique colours, 8x8 block artefacts, scale, file size) are compared between
+    the groups, and any that separates them (AUC >= 0.8 or <= 0.2) is a warning in
+    ``notes`` (all AUCs are in the key's ``leak_check``).
 
     Returns
     -------
@@ -183,11 +220,16 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
         an existing key file, a key path inside the study folder.
     """
     out = Path(out)
-    key_path, reader_ids = _check_options(out, key_path, balance, crop, max_per_kind, readers)
+    study_id = secrets.token_hex(6)  # secret randomness: nothing in the study folder replays it
+    key_path, reader_ids = _check_options(out, key_path, study_id, balance, crop, max_per_kind, readers, reencode,
+                                          scale)
+    _check_inputs(real, synthetic)
     mask_dirs = _as_dirs(masks, "mask folder")
     subfolders = per_class_from is not None and str(per_class_from) == "subfolders"
 
-    rng = np.random.default_rng(seed)
+    # the seed (the owner's, for reproducible selection and reader orders) never touches case ids
+    # or which case is which: those come from the operating system's secret randomness
+    rng = np.random.default_rng(seed if seed is not None else secrets.randbits(64))
     cands = _list_candidates(real, "real", subfolders) + _list_candidates(synthetic, "synthetic", subfolders)
     if per_class_from is not None and not subfolders:
         cands = _groups_from_csv(cands, per_class_from)
@@ -195,22 +237,32 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
     if mask_dirs is not None:
         cands = [replace(c, mask_path=_find_mask(c, mask_dirs)) for c in cands]
     chosen, excluded = _balance(cands, balance, max_per_kind, rng)
-    shapes, mask_scheme = _check_cases(chosen, scheme)
-    target, notes = _case_size(chosen, shapes, crop)
+    infos, mask_scheme = _check_cases(chosen, scheme)
+    notes = _check_encodings(chosen, infos, reencode)
+    target_mpp, scale_notes = _common_scale(chosen, infos, scale)
+    notes += scale_notes
+    shapes = {c.source: _scaled_shape(infos[c.source], target_mpp) for c in chosen}
+    target, size_notes = _case_size(chosen, shapes, crop)
+    notes += size_notes
 
-    # neutral ids: random, unrelated to kind, group or input order
-    ids = _neutral_ids(len(chosen) + 1, rng if seed is not None else None)
-    study_id, case_ids = ids[0], ids[1:]
-    order = rng.permutation(len(chosen))
-    assigned = {case_ids[i]: chosen[j] for i, j in enumerate(order)}
-    reader_seeds = {r: int(rng.integers(0, 2**31 - 1)) if seed is not None else secrets.randbits(31)
-                    for r in reader_ids}
+    case_ids = _neutral_ids(len(chosen), exclude={study_id})
+    shuffled = list(chosen)
+    _SECRET.shuffle(shuffled)
+    assigned = dict(zip(case_ids, shuffled))
+    orders = {r: reader_order(case_ids, int(rng.integers(0, 2**63 - 1))) for r in reader_ids}
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    manifest = _manifest(study_id, title, mask_dirs is not None, mask_scheme, sorted(assigned), reader_seeds)
+    manifest = _manifest(study_id, title, mask_dirs is not None, mask_scheme, sorted(assigned), orders)
 
     tmp = out.parent / f".{out.name}.creating-{secrets.token_hex(4)}"
     try:
-        key_cases = _write_cases(tmp, assigned, target, scheme)
+        key_cases, features = _write_cases(tmp, assigned, target, scheme, infos, target_mpp, reencode)
+        leak = separating_features([features[i] for i in sorted(assigned)],
+                                   [assigned[i].truth for i in sorted(assigned)])
+        notes += _leak_notes(leak)
+        no_prov = sum(1 for c in key_cases.values() if c["truth"] == "synthetic" and "provenance" not in c)
+        if no_prov:
+            notes.append(f"Note: {no_prov} synthetic cases have no provenance (no sidecar JSON or PNG text); "
+                         "check that they are the synthesis output you meant.")
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         key = {
             "format": KEY_FORMAT,
@@ -218,19 +270,25 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
             "study_id": study_id,
             "created_utc": now,
             "options": {
-                "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve()),
-                "masks": [str(d.resolve()) for d in mask_dirs] if mask_dirs is not None else None,
-                "per_class_from": None if per_class_from is None else str(per_class_from),
+                "real": _text(Path(real).resolve()), "synthetic": _text(Path(synthetic).resolve()),
+                "masks": [_text(d.resolve()) for d in mask_dirs] if mask_dirs is not None else None,
+                "per_class_from": None if per_class_from is None else _text(per_class_from),
                 "balance": balance, "max_per_kind": max_per_kind, "crop": crop, "shape": target, "seed": seed,
+                "reencode": reencode, "scale": scale, "mpp": target_mpp,
             },
+            "reader_orders": orders,
+            "leak_check": leak,
+            "notes": notes,
             "cases": key_cases,
-            "excluded": [{"truth": c.truth, "group": c.group, "source": c.source, "reason": "balance"}
+            "excluded": [{"truth": c.truth, "group": c.group, "source": _text(c.source), "reason": "balance"}
                          for c in excluded],
         }
         _publish(tmp, out, key_path, key)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as err:  # disk full, permissions, a name too long: nothing is left behind
+        raise HistogenInputError(f"Could not write the study {out} ({err.strerror or err}); nothing was kept. "
+                                 "Free disk space or choose another folder.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a success (renamed) and after any failure
 
     groups: dict[str, tuple[int, int]] = {}
     for cand in chosen:
@@ -245,22 +303,44 @@ def create_study(real, synthetic, out, *, masks=None, per_class_from=None, reade
 
 
 # -- the steps of create_study ---------------------------------------------------------------
-def _check_options(out: Path, key_path, balance, crop, max_per_kind, readers) -> tuple[Path, list[str]]:
-    """``(key path, reader ids)`` after checking the options and that nothing would be overwritten."""
+def _check_options(out: Path, key_path, study_id, balance, crop, max_per_kind, readers, reencode,
+                   scale) -> tuple[Path, list[str]]:
+    """``(key path, reader ids)`` after checking the options and that nothing would be overwritten,
+    before any work: the study's parent folder and the key's folder must be writable."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HistogenInputError(f"{out} already exists and is not empty; choose a new folder for the study.")
-    key_path = Path(key_path) if key_path is not None else default_key_path(out)
-    if key_path.resolve().is_relative_to(out.resolve()):
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise HistogenInputError(f"The folder {parent} for the study does not exist; create it first.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HistogenInputError(f"Cannot write in {parent}; choose a study folder where you may write.")
+    if len(out.name.encode("utf-8", "surrogateescape")) > 200:
+        raise HistogenInputError(f"The study folder name is too long ({len(out.name)} characters); shorten it.")
+    key_path = Path(key_path) if key_path is not None else default_key_path(out, study_id)
+    resolved_key = key_path.resolve()
+    if resolved_key.is_relative_to(out.resolve()):
         raise HistogenInputError(f"The key must lie outside the study folder readers receive, not at {key_path}; "
                                  "choose another key path.")
     if key_path.exists():
         raise HistogenInputError(f"A key already exists at {key_path} (another study's?); move it away or choose "
                                  "another key path or study name.")
+    try:
+        resolved_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise HistogenInputError(f"Cannot make the key folder {resolved_key.parent} ({err.strerror or err}); "
+                                 "give --key-out FILE in a folder where you may write.") from None
+    if not os.access(resolved_key.parent, os.W_OK | os.X_OK):
+        raise HistogenInputError(f"Cannot write the key in {resolved_key.parent}; give --key-out FILE elsewhere.")
     if balance not in BALANCE_CHOICES:
         raise HistogenInputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, not {balance!r}.")
     if crop not in CROP_CHOICES:
         raise HistogenInputError(f"crop must be one of {', '.join(CROP_CHOICES)}, not {crop!r}.")
-    if max_per_kind is not None and int(max_per_kind) < 1:
+    if reencode not in REENCODE_CHOICES:
+        raise HistogenInputError(f"reencode must be None or one of {', '.join(REENCODE_CHOICES[1:])}, "
+                                 f"not {reencode!r}.")
+    if scale not in SCALE_CHOICES:
+        raise HistogenInputError(f"scale must be one of {', '.join(SCALE_CHOICES)}, not {scale!r}.")
+    if max_per_kind is not None and (isinstance(max_per_kind, bool) or int(max_per_kind) < 1):
         raise HistogenInputError(f"max_per_kind must be at least 1, not {max_per_kind}.")
     reader_ids = [check_reader_id(r) for r in (readers or [])]
     if len(set(reader_ids)) != len(reader_ids):
@@ -268,15 +348,22 @@ def _check_options(out: Path, key_path, balance, crop, max_per_kind, readers) ->
     return key_path, reader_ids
 
 
+def _check_inputs(real, synthetic) -> None:
+    if Path(real).is_dir() and Path(synthetic).is_dir() and Path(real).resolve() == Path(synthetic).resolve():
+        raise HistogenInputError(f"The real and the synthetic folder are the same ({real}); give two folders.")
+
+
 def _check_cases(chosen: list[_Candidate], scheme) -> tuple[dict, str | None]:
-    """Every chosen image (and mask) decodes: ``(size of each case by source, the masks' scheme)``."""
-    shapes = {}
+    """Every chosen image (and mask) decodes: ``(source -> shape, mpp, jpeg origin), the masks' scheme)``."""
+    infos = {}
     mask_scheme = None
     for cand in chosen:
         image = read_rgb_image(cand.path, name=f"{cand.truth} image")
-        shapes[cand.source] = image.shape[:2]
+        info = {"shape": image.shape[:2], "mpp": _sidecar_mpp(cand.path), "jpeg": _jpeg_origin(cand.path)}
         if cand.mask_path is not None:
-            _, _, name = _read_mask(cand, image.shape[:2], scheme)
+            _, _, name, mpp = _read_mask(cand, image.shape[:2], scheme)
+            if mpp is not None:
+                info["mpp"] = mpp
             if mask_scheme is None:
                 mask_scheme = name
             elif name != mask_scheme:
@@ -284,7 +371,82 @@ def _check_cases(chosen: list[_Candidate], scheme) -> tuple[dict, str | None]:
                     f"Masks use different class schemes ({mask_scheme} and {name}, e.g. {cand.mask_path.name}); "
                     "convert them to one scheme or pass scheme=... for type-map masks."
                 )
-    return shapes, mask_scheme
+        infos[cand.source] = info
+    return infos, mask_scheme
+
+
+def _jpeg_origin(path: Path) -> bool:
+    """Whether an image was JPEG-compressed: a JPEG file, or a PNG/TIFF that says it came from one."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return True
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.format == "JPEG" or (im.format == "TIFF" and im.info.get("compression") == "jpeg")
+    except Exception:  # read_rgb_image decoded it already; only the container is in question
+        return False
+
+
+def _sidecar_mpp(path: Path) -> float | None:
+    for pattern in _SIDECARS:
+        side = path.with_name(pattern.format(stem=_base_name(path)))
+        if side.is_file():
+            value = _find_field(_read_json_quietly(side), ("mpp", "microns_per_pixel", "um_per_px"))
+            if isinstance(value, (int, float)) and value > 0:
+                return float(value)
+    return None
+
+
+def _check_encodings(chosen: list[_Candidate], infos: dict, reencode) -> list[str]:
+    """Refuse a study whose real and synthetic cases have different encoding histories (JPEG traces)."""
+    by_kind = {t: [infos[c.source]["jpeg"] for c in chosen if c.truth == t] for t in ("real", "synthetic")}
+    mixed = len({j for js in by_kind.values() for j in js}) > 1
+    if mixed and reencode is None:
+        jpeg = {t: sum(js) for t, js in by_kind.items()}
+        raise HistogenInputError(
+            f"Some cases were JPEG-compressed ({jpeg['real']} real, {jpeg['synthetic']} synthetic) and others not: "
+            "JPEG traces (8x8 blocks, fewer colours) survive re-encoding and would tell the groups apart. Use "
+            "images of one encoding history, or pass reencode='jpeg' (--reencode jpeg) to pass every case "
+            "through the same JPEG encoding."
+        )
+    if reencode == "jpeg":
+        return [f"Every case was re-encoded alike through JPEG (quality {_JPEG_QUALITY}) so that encoding "
+                "history cannot tell the groups apart."]
+    return []
+
+
+def _common_scale(chosen: list[_Candidate], infos: dict, scale: str) -> tuple[float | None, list[str]]:
+    """``(target um/px or None, notes)``: the coarsest recorded scale when cases differ (resampled to it)."""
+    known = {c.source: infos[c.source]["mpp"] for c in chosen if infos[c.source]["mpp"] is not None}
+    if not known:
+        return None, []
+    notes = []
+    if len(known) < len(chosen):
+        missing = [c.source for c in chosen if c.source not in known]
+        notes.append(f"Warning: {len(missing)} cases record no scale (um/px) while {len(known)} do "
+                     f"(e.g. {_text(missing[0])}); their scale cannot be checked or matched, and a scale "
+                     "mismatch (nucleus size) can reveal them.")
+    lo, hi = min(known.values()), max(known.values())
+    if hi <= lo * (1 + _MPP_TOLERANCE):
+        return hi, notes
+    if scale == "refuse":
+        raise HistogenInputError(
+            f"Cases differ in scale ({lo:g} to {hi:g} um/px): nucleus size would tell them apart. Bring them to "
+            "one scale first, or let the study resample them (scale='resample', the default)."
+        )
+    notes.append(f"Cases recorded scales {lo:g} to {hi:g} um/px; they were resampled to {hi:g} um/px "
+                 "(images bilinear, masks nearest neighbour) so that nucleus size cannot tell them apart.")
+    return hi, notes
+
+
+def _scaled_shape(info: dict, target_mpp) -> tuple[int, int]:
+    h, w = (int(v) for v in info["shape"])
+    mpp = info["mpp"]
+    if target_mpp is None or mpp is None or abs(mpp - target_mpp) <= target_mpp * _MPP_TOLERANCE:
+        return (h, w)
+    f = mpp / target_mpp
+    return (max(1, int(round(h * f))), max(1, int(round(w * f))))
 
 
 def _case_size(chosen: list[_Candidate], shapes: dict, crop: str) -> tuple[tuple[int, int] | None, list[str]]:
@@ -293,6 +455,14 @@ def _case_size(chosen: list[_Candidate], shapes: dict, crop: str) -> tuple[tuple
     target = None
     if crop == "common":
         target = (min(s[0] for s in shapes.values()), min(s[1] for s in shapes.values()))
+        if min(target) < _MIN_CASE_SIDE:
+            small = min(chosen, key=lambda c: min(shapes[c.source]))
+            h, w = shapes[small.source]
+            raise HistogenInputError(
+                f"The {small.truth} image {_text(small.source)} is only {h}x{w} px; every case would be cropped to "
+                f"{target[0]}x{target[1]} px. Leave it out (cases need at least {_MIN_CASE_SIDE} px a side) "
+                "or use crop='none'."
+            )
         if any(s != target for s in shapes.values()):
             notes.append(f"Cases were centre-cropped to a common {target[0]}x{target[1]} px.")
     else:
@@ -303,8 +473,8 @@ def _case_size(chosen: list[_Candidate], shapes: dict, crop: str) -> tuple[tuple
     return target, notes
 
 
-def _manifest(study_id: str, title, with_masks: bool, mask_scheme, case_ids: list[str], reader_seeds: dict) -> dict:
-    """The study's manifest: what readers see (no truth)."""
+def _manifest(study_id: str, title, with_masks: bool, mask_scheme, case_ids: list[str], orders: dict) -> dict:
+    """The study's manifest: what readers see (no truth, no seed: each listed reader's order itself)."""
     return {
         "format": STUDY_FORMAT,
         "version": FORMAT_VERSION,
@@ -316,53 +486,110 @@ def _manifest(study_id: str, title, with_masks: bool, mask_scheme, case_ids: lis
         "criteria": [{"key": k, "text": t} for k, t in CRITERIA] if with_masks else [],
         "mask_scheme": mask_scheme,
         "cases": case_ids,
-        "readers": {r: {"seed": s} for r, s in reader_seeds.items()},
-        "open_to_any_reader": not reader_seeds,
+        "readers": {r: {"order": list(order)} for r, order in orders.items()},
+        "open_to_any_reader": not orders,
     }
 
 
-def _write_cases(tmp: Path, assigned: dict, target, scheme) -> dict:
-    """Write every case (a PNG, and its mask) into the study folder ``tmp``; the key's entry of each case."""
+def _leak_notes(leak: dict) -> list[str]:
+    return [f"Warning: {FEATURE_TEXT[name]} separates real from synthetic cases (AUC {auc:.2f}); readers could "
+            "tell them apart without judging realism. Match the groups on it before giving out the study."
+            for name, auc in leak["separating"].items()]
+
+
+def _write_cases(tmp: Path, assigned: dict, target, scheme, infos: dict, target_mpp, reencode) -> tuple[dict, dict]:
+    """Write every case (a PNG, and its mask) into the study folder ``tmp``: ``(key entry, features)`` per case."""
     cases_dir(tmp).mkdir(parents=True)
     answers_dir(tmp).mkdir()
-    key_cases = {}
+    key_cases, features = {}, {}
     for case_id in sorted(assigned):  # written in id order: file times and order say nothing
         cand = assigned[case_id]
+        info = infos[cand.source]
         image = read_rgb_image(cand.path, name=f"{cand.truth} image")
-        box = _centre_box(image.shape[:2], target)
-        _write_png(case_image_path(tmp, case_id), _crop(image, box))
+        shape = _scaled_shape(info, target_mpp)
+        scaled = resize_image(image, shape)
+        box = _centre_box(shape, target)
+        pixels = _crop(scaled, box)
+        if reencode == "jpeg":
+            pixels = _through_jpeg(pixels)
+        _write_png(case_image_path(tmp, case_id), pixels)
         entry = {
             "truth": cand.truth,
             "group": cand.group,
-            "source": cand.source,
-            "source_path": str(cand.path.resolve()),
+            "source": _text(cand.source),
+            "source_path": _text(cand.path.resolve()),
             "pair": cand.pair,
             "original_shape": list(image.shape[:2]),
+            "original_mpp": info["mpp"],
+            "jpeg_origin": info["jpeg"],
+            "resampled_shape": list(shape),
             "crop": list(box),
         }
         if cand.mask_path is not None:
-            inst, types, _ = _read_mask(cand, image.shape[:2], scheme)
-            _write_npy(case_mask_path(tmp, case_id), np.stack([_crop(inst, box), _crop(types, box)]))
-            entry["mask_source"] = str(cand.mask_path.resolve())
+            inst, types, _, _ = _read_mask(cand, image.shape[:2], scheme)
+            inst = _crop(resize_labels(inst, shape), box)
+            types = _crop(resize_labels(types, shape), box)
+            _write_npy(case_mask_path(tmp, case_id), np.stack([_relabel_randomly(inst), types]))
+            entry["mask_source"] = _text(cand.mask_path.resolve())
         entry.update(_provenance_of(cand.path))
         key_cases[case_id] = entry
+        features[case_id] = case_features(pixels, file_bytes=case_image_path(tmp, case_id).stat().st_size,
+                                          mpp=target_mpp if target_mpp is not None else info["mpp"])
     for path in cases_dir(tmp).iterdir():
         os.utime(path, (_NEUTRAL_MTIME, _NEUTRAL_MTIME))
-    return key_cases
+    return key_cases, features
+
+
+def _relabel_randomly(inst: np.ndarray) -> np.ndarray:
+    """Instance ids 1..N in a secret random order: no gaps or numbering pattern (cropping, source tool)."""
+    ids, inverse = np.unique(inst, return_inverse=True)
+    n = int((ids != 0).sum())
+    new = np.zeros(ids.size, dtype=np.int32)
+    labels = list(range(1, n + 1))
+    _SECRET.shuffle(labels)
+    new[ids != 0] = labels
+    return new[inverse.reshape(inst.shape)]
+
+
+def _through_jpeg(rgb: np.ndarray) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buf, format="JPEG",
+                                                                                quality=_JPEG_QUALITY)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def _publish(tmp: Path, out: Path, key_path: Path, key: dict) -> None:
-    """Write the key, then move the finished study folder to ``out`` (no study without its key)."""
+    """Write the key (0600, never over an existing file), then rename the finished study folder to ``out``
+    (atomic: it fails when ``out`` is there and not empty, e.g. a concurrent creation won)."""
     key_data = json.loads(json.dumps(key, default=json_default))
-    write_json_atomic(key_path, key_data)  # the key first: a study never exists without its key
     try:
+        write_json_atomic(key_path, key_data, mode=0o600, exclusive=True)  # a study never exists without its key
+    except FileExistsError:
+        raise HistogenInputError(f"A key already exists at {key_path} (another study's, created meanwhile?); "
+                                 "nothing was written. Choose another key path.") from None
+    try:
+        os.rename(tmp, out)  # replaces only a missing or empty folder
+    except OSError:
+        key_path.unlink(missing_ok=True)  # ours: written exclusively above
         if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+            raise HistogenInputError(f"{out} was created by someone else while this study was being made; "
+                                     "nothing was written. Choose a new folder.") from None
+        raise
     except BaseException:
         key_path.unlink(missing_ok=True)
         raise
     fsync_dir(out.parent)
+
+
+def _text(value) -> str:
+    """A path or name as text that survives UTF-8 files (undecodable bytes shown as escapes)."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # -- finding the cases ---------------------------------------------------------------------
@@ -515,13 +742,14 @@ def _find_mask(cand: _Candidate, mask_dirs: list[Path]) -> Path:
     )
 
 
-def _read_mask(cand: _Candidate, shape, scheme) -> tuple[np.ndarray, np.ndarray, str]:
-    """Instance map, type map and scheme name of a case's mask (shape checked)."""
+def _read_mask(cand: _Candidate, shape, scheme) -> tuple[np.ndarray, np.ndarray, str, float | None]:
+    """Instance map, type map, scheme name and recorded um/px (or None) of a case's mask (shape checked)."""
     path = cand.mask_path
     suffix = path.suffix.lower()
     if suffix in (".npz", ".tif", ".tiff"):
         nuclei = read_image_mask_pair(cand.path, path, scheme=scheme).nuclei
-        return nuclei.instances.astype(np.int32), nuclei.type_map().astype(np.int32), nuclei.scheme.name
+        mpp = float(nuclei.mpp) if nuclei.mpp else None
+        return nuclei.instances.astype(np.int32), nuclei.type_map().astype(np.int32), nuclei.scheme.name, mpp
     try:
         if suffix == ".npy":
             data = np.load(path, allow_pickle=False)
@@ -549,7 +777,7 @@ def _read_mask(cand: _Candidate, shape, scheme) -> tuple[np.ndarray, np.ndarray,
         )
     sch.check_ids(classes.values(), what=f"mask {path.name}")
     check_same_shape(tuple(shape), inst.shape, what=f"mask {path.name} of {cand.source}")
-    return inst.astype(np.int32), type_map_from_nuclei(inst, classes).astype(np.int32), sch.name
+    return inst.astype(np.int32), type_map_from_nuclei(inst, classes).astype(np.int32), sch.name, None
 
 
 def _balance(cands, how, max_per_kind, rng) -> tuple[list[_Candidate], list[_Candidate]]:
@@ -582,11 +810,12 @@ def _balance(cands, how, max_per_kind, rng) -> tuple[list[_Candidate], list[_Can
     return chosen, excluded
 
 
-def _neutral_ids(n: int, rng) -> list[str]:
+def _neutral_ids(n: int, exclude=()) -> list[str]:
+    """``n`` distinct random ids from secret randomness (never from a seed)."""
     ids: list[str] = []
-    seen = set()
+    seen = set(exclude)
     while len(ids) < n:
-        token = rng.bytes(6).hex() if rng is not None else secrets.token_hex(6)
+        token = secrets.token_hex(6)
         if token not in seen:
             seen.add(token)
             ids.append(token)

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,16 @@ import pandas as pd
 from ..errors import CorruptFileError, HistogenInputError
 from ..provenance import json_default, make_provenance
 from .answers import read_answer_log
-from .layout import CRITERIA, KEY_FORMAT, SCORE_MAX, SCORE_MIN, answers_dir, default_key_path, load_manifest
+from .layout import (
+    CRITERIA,
+    KEY_FORMAT,
+    SCORE_MAX,
+    SCORE_MIN,
+    answers_dir,
+    check_reader_id,
+    find_key_path,
+    load_manifest,
+)
 from .stats import (
     accuracy_vs_chance,
     bootstrap_auc_ci,
@@ -118,8 +130,13 @@ def load_key(path, manifest: dict | None = None) -> dict:
     return key
 
 
-def collect_answers(study, key: dict) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+def collect_answers(study, key: dict, manifest: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list]:
     """Every reader's answers, unblinded.
+
+    A log appended twice (a sync merge) counts once: records are deduplicated by
+    (reader, case, record number). Logs of readers the study does not list, and files
+    whose name is no reader id (``r1 (conflicted copy).jsonl``), are left out and named
+    in the notes; a damaged line is skipped and named, without blocking other readers.
 
     Returns
     -------
@@ -128,21 +145,45 @@ def collect_answers(study, key: dict) -> tuple[pd.DataFrame, pd.DataFrame, list]
     records : DataFrame
         All answer records, oldest first per reader, with ``counts`` True for the final one.
     notes : list of str
-        Logs with a damaged last line (skipped).
+        Logs and lines left out, and why.
     """
+    manifest = manifest if manifest is not None else load_manifest(study)
+    listed = set(manifest.get("readers") or {})
+    open_study = not listed or bool(manifest.get("open_to_any_reader", False))
     folder = answers_dir(study)
-    rows, notes = [], []
+    rows, notes, ignored = [], [], []
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        try:
+            reader = check_reader_id(path.stem)
+        except HistogenInputError:
+            ignored.append(path.name)
+            continue
+        if not open_study and reader not in listed:
+            ignored.append(path.name)
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            contents = read_answer_log(path)
+            contents = read_answer_log(path, tolerant=True)
         notes += contents.warnings
-        final = {a.case: a.seq for a in contents.answers}
+        seen, unique = set(), []
         for a in contents.answers:
-            meta = key["cases"].get(a.case)
-            if meta is None:
-                raise HistogenInputError(f"{path.name} answers case {a.case}, which the key does not know; "
-                                         "the key is not this study's.")
+            if (a.case, a.seq) in seen:
+                continue
+            seen.add((a.case, a.seq))
+            unique.append(a)
+        if len(unique) < len(contents.answers):
+            notes.append(f"{path.name}: {len(contents.answers) - len(unique)} repeated records (the same record "
+                         "twice, e.g. a synchronised copy appended) were counted once.")
+        unknown = sorted({a.case for a in unique if a.case not in key["cases"]})
+        if unknown:
+            notes.append(f"{path.name}: answers for {len(unknown)} cases this study does not have were left out.")
+        unique = [a for a in unique if a.case in key["cases"]]
+        final: dict = {}
+        for a in unique:  # the last record (highest record number) counts
+            if a.case not in final or a.seq >= final[a.case]:
+                final[a.case] = a.seq
+        for a in unique:
+            meta = key["cases"][a.case]
             row = {"reader": contents.reader, "case": a.case, "index": a.index, "realism": a.realism,
                    "seq": a.seq, "time_utc": a.time_utc, "elapsed_s": a.elapsed_s, "comment": a.comment,
                    "counts": final[a.case] == a.seq}
@@ -151,6 +192,8 @@ def collect_answers(study, key: dict) -> tuple[pd.DataFrame, pd.DataFrame, list]
             for col in _KEY_COLUMNS:
                 row[col] = meta.get(col)
             rows.append(row)
+    if ignored:
+        notes.append(f"Left out {len(ignored)} answer files of no reader of this study: {', '.join(ignored)}.")
     columns = ["reader", "case", "index", "realism", *[k for k, _ in CRITERIA], "comment", *_KEY_COLUMNS,
                "seq", "time_utc", "elapsed_s", "counts"]
     records = pd.DataFrame(rows, columns=columns)
@@ -309,7 +352,7 @@ def write_report(study, out, *, key_path=None, threshold: int = 6, n_boot: int =
     out : str or Path
         Report folder (created; files in it are replaced).
     key_path : str or Path, optional
-        The study key; default ``STUDY.key.json`` next to the study folder.
+        The study key; default: the study's key in the key folder (``find_key_path``).
     threshold, n_boot, seed
         See :func:`compute_report`.
     plots : bool
@@ -325,23 +368,56 @@ def write_report(study, out, *, key_path=None, threshold: int = 6, n_boot: int =
     HistogenInputError
         Not a study, no or a wrong key, no answers yet.
     """
+    out = Path(out)
+    _check_report_folder(out)
     manifest = load_manifest(study)
-    key = load_key(key_path if key_path is not None else default_key_path(study), manifest)
-    answers, records, log_notes = collect_answers(study, key)
+    key = load_key(key_path if key_path is not None else find_key_path(study, str(manifest.get("study_id", ""))),
+                   manifest)
+    answers, records, log_notes = collect_answers(study, key, manifest)
     criteria_keys = [c["key"] for c in manifest.get("criteria") or []]
     report = compute_report(answers, threshold=threshold, n_boot=n_boot, seed=seed, criteria_keys=criteria_keys)
     report.records = records
     report.notes = log_notes + report.notes
     report.settings.update(study_id=manifest.get("study_id"), mode=manifest.get("mode"),
                            n_cases=len(manifest["cases"]))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.resolve().parent / f".{out.name}.writing-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+        written = _write_report_files(report, answers, records, tmp, threshold, n_boot, seed, plots)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for role, path in written.items():  # every file is complete before any is moved into place
+            os.replace(path, out / path.name)
+            files[role] = out / path.name
+    except OSError as err:
+        raise HistogenInputError(f"Could not write the report to {out} ({err.strerror or err}); free disk space "
+                                 "or choose another folder.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.files = files
+    return report
+
+
+def _check_report_folder(out: Path) -> None:
+    """Before any work: the report folder is a folder (or can be made) where we may write."""
+    if out.exists() and not out.is_dir():
+        raise HistogenInputError(f"{out} is a file, not a folder; give a folder for the report.")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise HistogenInputError(f"The folder {parent} does not exist; create it first or choose another --out.")
+    target = out if out.is_dir() else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise HistogenInputError(f"Cannot write in {target}; choose a report folder where you may write.")
+
+
+def _write_report_files(report: StudyReport, answers, records, out: Path, threshold, n_boot, seed,
+                        plots: bool) -> dict:
     files = {}
 
     def csv(name, frame):
         if frame is not None and not frame.empty:
             path = out / name
-            frame.to_csv(path, index=False, float_format="%.6g")
+            frame.to_csv(path, index=False, float_format="%.6g", encoding="utf-8", errors="backslashreplace")
             files[name.rsplit(".", 1)[0]] = path
 
     csv("answers.csv", answers)
@@ -351,7 +427,7 @@ def write_report(study, out, *, key_path=None, threshold: int = 6, n_boot: int =
     csv("paired.csv", report.paired)
     csv("criteria.csv", report.criteria)
     csv("agreement.csv", report.agreement)
-    (out / "summary.md").write_text(report.markdown(), encoding="utf-8")
+    (out / "summary.md").write_text(report.markdown(), encoding="utf-8", errors="backslashreplace")
     files["summary"] = out / "summary.md"
     summary = {
         "settings": report.settings,
@@ -370,8 +446,7 @@ def write_report(study, out, *, key_path=None, threshold: int = 6, n_boot: int =
         from .plots import write_plots
 
         files.update(write_plots(report, out))
-    report.files = files
-    return report
+    return files
 
 
 def _json_safe(value):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,11 @@ from .layout import (
     load_manifest,
 )
 
-__all__ = ["CaseData", "ReaderSession", "reader_order", "reader_seed", "resume_index", "reader_progress"]
+__all__ = ["CaseData", "ReaderSession", "reader_order", "reader_seed", "resume_index", "reader_progress",
+           "token_hash"]
+
+#: PBKDF2 rounds of the reader token's hash in the log header (the log is readable by every reader).
+_TOKEN_ROUNDS = 100_000
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,14 @@ class CaseData:
         return classes_from_type_map(self.instances, self.types)
 
 
+def token_hash(study_id: str, reader: str, token: str) -> str:
+    """What a reader's log header records of their token: a slow salted hash, not the token."""
+    salt = f"histogen-reader/{study_id}/{reader}".encode()
+    return hashlib.pbkdf2_hmac("sha256", str(token).strip().encode("utf-8"), salt, _TOKEN_ROUNDS).hex()
+
+
 def reader_seed(study_id: str, reader: str) -> int:
-    """Seed of a reader not named at creation: derived from the study id and reader id."""
+    """Legacy: the seed of an unlisted reader in studies made before orders were recorded."""
     digest = hashlib.sha256(f"{study_id}/{reader}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
@@ -105,20 +117,26 @@ class ReaderSession:
         Study folder.
     reader : str
         Reader id (letters, digits, ``-``, ``_``).
+    token : str, optional
+        The reader's token. The first opening issues one (:attr:`issued_token`, shown to
+        the reader once); every later opening of that reader's answers needs it, so one
+        reader cannot open (read or change) another's answers through the product.
 
     Raises
     ------
     HistogenInputError
         Not a study folder, bad reader id, a reader the study does not list, the
-        reader's log open elsewhere or belonging to another study.
+        reader's log open elsewhere or belonging to another study, a missing or wrong
+        token.
 
     Notes
     -----
     Resumes where the reader stopped (see :func:`resume_index`). Each answer is on disk
-    (fsync) when :meth:`record` returns.
+    (fsync) when :meth:`record` returns. The case order is the one the manifest records
+    for a listed reader, else a secret random one recorded in the reader's log.
     """
 
-    def __init__(self, study, reader):
+    def __init__(self, study, reader, token=None):
         self.study = Path(study)
         self.reader = check_reader_id(reader)
         manifest = load_manifest(self.study)
@@ -134,22 +152,31 @@ class ReaderSession:
                 "use the id the study owner gave you."
             )
         self._log = AnswerLog(answer_log_path(self.study, self.reader), self.reader)
+        self.issued_token: str | None = None
         try:
             header = self._log.header
+            cases = manifest["cases"]
             if header is None:
-                seed = int(listed[self.reader]["seed"]) if self.reader in listed else reader_seed(
-                    self.study_id, self.reader)
-                self._log.append({"type": "reader", "study_id": self.study_id, "seed": seed,
-                                  "n_cases": len(manifest["cases"])})
+                order = _listed_order(listed.get(self.reader), cases)
+                if order is None:
+                    order = list(cases)
+                    secrets.SystemRandom().shuffle(order)
+                self.issued_token = secrets.token_hex(6)
+                self._log.append({"type": "reader", "study_id": self.study_id, "order": order,
+                                  "token_pbkdf2": token_hash(self.study_id, self.reader, self.issued_token),
+                                  "n_cases": len(cases)})
             else:
                 if str(header.get("study_id")) != self.study_id:
                     raise HistogenInputError(
                         f"{answer_log_path(self.study, self.reader).name} belongs to another study "
                         f"({header.get('study_id')}); it was copied in by mistake. Move it away to start afresh."
                     )
-                seed = int(header["seed"])
-            self.seed = seed
-            self.order = reader_order(manifest["cases"], seed)
+                _check_token(header, self.study_id, self.reader, token)
+                order = _listed_order(header, cases)
+                if order is None:
+                    raise CorruptFileError(f"The answer log of {self.reader!r} records no case order; "
+                                           "ask the study owner.")
+            self.order = order
             self.index = resume_index(self.order, self._log.answers)
             self._shown_at = time.monotonic()
             self._log.append({"type": "open", "index": self.index})
@@ -296,6 +323,34 @@ class ReaderSession:
         return index
 
 
+def _listed_order(entry, cases) -> list[str] | None:
+    """The order an entry (manifest reader or log header) records: ``order``, or a legacy ``seed``."""
+    if not isinstance(entry, dict):
+        return None
+    if "order" in entry:
+        order = entry["order"]
+        if not isinstance(order, list) or sorted(map(str, order)) != sorted(cases):
+            raise CorruptFileError("A recorded case order does not list the study's cases; ask the study owner.")
+        return [str(c) for c in order]
+    if "seed" in entry:
+        return reader_order(cases, int(entry["seed"]))
+    return None
+
+
+def _check_token(header: dict, study_id: str, reader: str, token) -> None:
+    expected = header.get("token_pbkdf2")
+    if expected is None:  # a log from before reader tokens
+        return
+    if token is None or not str(token).strip():
+        raise HistogenInputError(
+            f"Reader {reader!r} has started this study; their answers open only with their reader token (shown "
+            "when they first opened it). Give it (--token, or the token field), or use your own reader id."
+        )
+    if not hmac.compare_digest(str(expected), token_hash(study_id, reader, token)):
+        raise HistogenInputError(f"That is not reader {reader!r}'s token; give the token shown when "
+                                 f"{reader!r} first opened the study.")
+
+
 def reader_progress(study) -> list[dict]:
     """Progress per reader without unblinding: answered cases, records, last activity.
 
@@ -303,20 +358,33 @@ def reader_progress(study) -> list[dict]:
     -------
     list of dict
         ``reader``, ``answered``, ``n_cases``, ``records``, ``last_utc``, ``warnings``;
-        readers named at creation who have not started are listed with 0.
+        readers named at creation who have not started are listed with 0. A damaged line
+        is skipped with a warning (it never blocks the other readers); answer files of
+        no reader of the study are listed with ``ignored`` True.
     """
     manifest = load_manifest(study)
     cases = set(manifest["cases"])
     rows = {}
     folder = answers_dir(study)
+    listed = set(manifest.get("readers") or {})
+    open_study = not listed or bool(manifest.get("open_to_any_reader", False))
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        contents = read_answer_log(path)
+        try:
+            reader = check_reader_id(path.stem)
+        except HistogenInputError:
+            reader = None
+        if reader is None or (not open_study and reader not in listed):
+            rows[f"~{path.name}"] = {"reader": path.name, "answered": 0, "n_cases": len(cases), "records": 0,
+                                     "last_utc": "", "ignored": True,
+                                     "warnings": [f"{path.name} is no reader of this study; it is ignored."]}
+            continue
+        contents = read_answer_log(path, tolerant=True)
         latest = contents.latest()
         rows[contents.reader] = {
             "reader": contents.reader,
             "answered": sum(c in latest for c in cases),
             "n_cases": len(cases),
-            "records": len(contents.answers),
+            "records": len({(a.case, a.seq) for a in contents.answers}),
             "last_utc": contents.records[-1].get("time_utc", "") if contents.records else "",
             "warnings": list(contents.warnings),
         }
