@@ -17,7 +17,10 @@ def napari_get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    return _read if can_read(path) else None
+    try:
+        return _read if can_read(path) else None
+    except Exception:  # noqa: BLE001 - a reader that cannot tell declines; napari tries the others
+        return None
 
 
 def _read(path):
@@ -26,7 +29,14 @@ def _read(path):
     try:
         return annotated_to_layer_data(read_annotated(path))
     except HistogenInputError as err:
-        from napari.utils.notifications import show_error
+        message = str(err)
+    except RecursionError:
+        message = f"{path} is nested too deeply to read (a damaged or hostile file)."
+    except MemoryError:
+        message = f"{path} is too large to read into memory; crop or tile it first."
+    except Exception as err:  # noqa: BLE001 - a damaged file gets a message, never a traceback dialog
+        message = f"{path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]})."
+    from napari.utils.notifications import show_error
 
-        show_error(str(err))
-        return _NOTHING
+    show_error(" ".join(message.split()))  # one line, even for a decoder's multi-line message
+    return _NOTHING

@@ -7,19 +7,32 @@ and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
+from .cli_common import (
+    check_out_dir,
+    check_out_file,
+    has_display,
+    nonneg_int,
+    out_dir_arg,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from .core.errors import HistogenInputError
 
 EXIT_BAD_INPUT = 2
+EXIT_UNEXPECTED = 1
 
 
 def _has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+    return has_display()
 
 
 # -- verbs -------------------------------------------------------------------------------
@@ -39,7 +52,7 @@ def cmd_demo(args) -> int:
     from .core.provenance import make_provenance
     from .core.sample import ihc_sample, nucls_sample
 
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     for item in (ihc_sample(), nucls_sample()):
         files = write_annotated_bundle(item, out / "samples", provenance=make_provenance("histogen demo"))
         counts = item.nuclei.counts() if item.nuclei is not None else {}
@@ -85,6 +98,7 @@ def cmd_convert(args) -> int:
     from .core.io.dispatch import read_annotated
     from .core.provenance import make_provenance
 
+    check_out_dir(args.out)
     item = read_annotated(args.input, index=args.index, scheme=args.scheme)
     files = write_annotated_bundle(item, args.out, provenance=make_provenance("histogen convert", input=Path(args.input).name))
     n = item.nuclei.n_nuclei if item.nuclei is not None else 0
@@ -104,6 +118,7 @@ def cmd_grow(args) -> int:
     from .core.points import grow_nuclei_from_points
     from .core.schemes import get_scheme
 
+    check_out_dir(args.out)
     scheme = get_scheme(args.scheme)
     points, classes = read_points_csv(args.points, scheme=scheme)
     image = read_rgb_image(args.image) if args.image else None
@@ -137,6 +152,7 @@ def cmd_schemes(args) -> int:
     if args.name:
         scheme = get_scheme(args.name)
         if args.save:
+            check_out_file(args.save, "--save file")
             print(f"Saved {save_scheme(scheme, args.save)}")
         else:
             print(json.dumps(scheme.to_dict(), indent=2))
@@ -197,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "OUT/synthetic (image + mask, mask | synthetic | real PNG, provenance).")
     demo.add_argument("--out", default="histogen-demo", help="output folder when headless (default: histogen-demo)")
     demo.add_argument("--model", default="default", help="NASDM model (default: the embedded one)")
-    demo.add_argument("--steps", type=int, default=None, help="sampling steps (default: 75 on CPU, 250 on CUDA)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: 75 on CPU, 250 on CUDA)")
+    demo.add_argument("--seed", type=seed_int, default=0)
     demo.add_argument("--device", default="auto")
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument("--gui", dest="gui", action="store_true", default=None, help="open napari even if no display is detected")
@@ -210,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "an image with its .npz/.tif mask, an OME-TIFF or a GeoJSON, and write "
                                          "image PNG, overlay PNG, OME-TIFF, GeoJSON, points CSV and provenance JSON.")
     convert.add_argument("input", help="annotation file (or an image whose mask lies next to it)")
-    convert.add_argument("--out", required=True, help="output folder")
-    convert.add_argument("--index", type=int, default=None, help="patch index in a dataset array (PanNuke, CoNIC)")
+    convert.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
+    convert.add_argument("--index", type=nonneg_int, default=None, help="patch index in a dataset array (PanNuke, CoNIC)")
     convert.add_argument("--scheme", default=None, help="class scheme for files that do not record one")
     convert.set_defaults(func=cmd_convert)
 
@@ -222,13 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("points", help="points CSV")
     grow.add_argument("--scheme", default="nucls", help="class scheme of the points (default nucls)")
     grow.add_argument("--image", default=None, help="image the mask should cover (gives the size)")
-    grow.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="mask size without an image")
-    grow.add_argument("--mpp", type=float, default=0.25, help="microns per pixel (default 0.25, 40x)")
-    grow.add_argument("--seed", type=int, default=0)
-    grow.add_argument("--size-scale", type=float, default=1.0, help="scale of the class-typical areas")
-    grow.add_argument("--gap", type=int, default=1, help="background pixels kept between nuclei")
+    grow.add_argument("--shape", type=positive_int, nargs=2, metavar=("H", "W"), help="mask size without an image")
+    grow.add_argument("--mpp", type=positive_float, default=0.25, help="microns per pixel (default 0.25, 40x)")
+    grow.add_argument("--seed", type=seed_int, default=0)
+    grow.add_argument("--size-scale", type=positive_float, default=1.0, help="scale of the class-typical areas")
+    grow.add_argument("--gap", type=nonneg_int, default=1, help="background pixels kept between nuclei")
     grow.add_argument("--outside", choices=("error", "drop"), default="error", help="points outside the image")
-    grow.add_argument("--out", required=True, help="output folder")
+    grow.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
     grow.set_defaults(func=cmd_grow)
 
     schemes = sub.add_parser("schemes", help="list, show, save or add class schemes",
@@ -251,19 +267,85 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one ``histogen`` verb; its exit status.
+
+    0 done; 2 bad input or a place that cannot be written (one line on stderr); 1 an
+    unexpected failure (one line on stderr naming a log file with the details); 130
+    interrupted; 141 the reader of our output went away (``histogen ... | head``).
+    Never a traceback on the terminal.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the guard, not at interpreter exit
+        return status
     except HistogenInputError as err:
-        print(f"histogen: error: {err}", file=sys.stderr)
+        _error_line(str(err))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("histogen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except RecursionError:
+        _error_line("the input is nested too deeply to read (a damaged or hostile file).")
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        _error_line("the input is too large for this machine's memory; crop or tile it first.")
+        return EXIT_BAD_INPUT
+    except OSError as err:  # a full disk, a read-only folder, a drive gone: the user can act on it
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        _error_line(f"{err.strerror or err}{where}; free space, check permissions or choose another place.")
+        return EXIT_BAD_INPUT
+    except Exception as err:  # noqa: BLE001 - the last guard: one line and a log, never a traceback
+        log = _crash_log(err, argv)
+        _error_line(f"unexpected {type(err).__name__}: {' '.join(str(err).split())[:300]} (details: {log})")
+        return EXIT_UNEXPECTED
+
+
+def _error_line(message: str) -> None:
+    """One line on stderr, whatever the message holds (newlines, undecodable file names)."""
+    text = " ".join(str(message).split())
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        print(f"histogen: error: {text}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, send what Python still flushes at exit nowhere (no second error)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _crash_log(err: BaseException, argv) -> str:
+    """Write the traceback to a log file; its path (or a note that none could be written)."""
+    import tempfile
+
+    from .core.schemes import histogen_home
+
+    text = (f"histogen {__version__} {_dt.datetime.now(_dt.timezone.utc).isoformat()}\n"
+            f"argv: {sys.argv if argv is None else argv}\n\n"
+            + "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for folder in (histogen_home() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"histogen-error-{stamp}-{os.getpid()}.log"
+            path.write_text(text, encoding="utf-8", errors="backslashreplace")
+            return str(path)
+        except OSError:
+            continue
+    return "no log could be written"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import os
 import sys
 
 __all__ = ["ProgressBar", "add_device_options", "scheme_or_none", "defaults_of", "eprint", "report_batch",
-           "positive_int", "nonneg_int", "seed_int", "positive_float", "has_display"]
+           "positive_int", "nonneg_int", "seed_int", "positive_float", "has_display", "check_out_dir",
+           "check_out_file", "out_dir_arg"]
 
 #: Seeds the product accepts: every random generator it feeds (numpy, torch) takes them.
 SEED_MAX = 2**32 - 1
@@ -117,3 +118,75 @@ def report_batch(report, out, what: str) -> int:
 def has_display() -> bool:
     """Whether a window can open (X11/Wayland, or macOS/Windows)."""
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
+def check_out_dir(path, what: str = "--out"):
+    """Before any work: ``path`` is a folder, or can be made one, where we may write.
+
+    Raises
+    ------
+    HistogenInputError
+        ``path`` is a file, a name in it is too long, or the nearest existing folder
+        above it is not writable.
+    """
+    from pathlib import Path
+
+    from .core.errors import HistogenInputError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise HistogenInputError(f"{what} {out} is a file, not a folder; give a folder.")
+    _check_names(out, what)
+    _check_writable(out if out.is_dir() else _existing_ancestor(out), what, out)
+    return out
+
+
+def check_out_file(path, what: str = "output file"):
+    """Before any work: ``path`` is not a folder, and its folder exists (or can be made) and is writable."""
+    from pathlib import Path
+
+    from .core.errors import HistogenInputError
+
+    out = Path(path)
+    if out.is_dir():
+        raise HistogenInputError(f"The {what} {out} is a folder; give a file name.")
+    _check_names(out, what)
+    _check_writable(_existing_ancestor(out.parent), what, out)
+    return out
+
+
+def _check_names(path, what) -> None:
+    from .core.errors import HistogenInputError
+
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise HistogenInputError(f"The {what} has a name over 255 bytes ({part[:40]}...); shorten it.")
+
+
+def _existing_ancestor(path):
+    from pathlib import Path
+
+    here = Path(os.path.abspath(path))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return here
+
+
+def _check_writable(folder, what, target) -> None:
+    from .core.errors import HistogenInputError
+
+    if not folder.is_dir():
+        raise HistogenInputError(f"Cannot make the {what} {target}: {folder} is a file, not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise HistogenInputError(f"Cannot write the {what} {target}: {folder} is not writable; choose another place.")
+
+
+def out_dir_arg(text: str) -> str:
+    """argparse type: an output folder checked before any work (see :func:`check_out_dir`)."""
+    from .core.errors import HistogenInputError
+
+    try:
+        check_out_dir(text, "output folder")
+    except HistogenInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, report_batch
+from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, nonneg_int, out_dir_arg, positive_int, report_batch, seed_int
 
 __all__ = ["add_train_parser", "add_nasdm_parser", "cmd_synthesize_nasdm", "cmd_train_nasdm"]
 
@@ -107,24 +107,24 @@ def add_train_parser(sub) -> None:
     p.add_argument("--data", required=True, help="dataset file or folder (Lizard Labels/, CoNSeP Train/ or patch "
                                                  "folders, PanNuke/CoNIC .npy folder, image+mask folder)")
     p.add_argument("--format", default="auto", help="auto, lizard, consep, pannuke, conic or folder")
-    p.add_argument("--out", required=True, help="run folder (created, or resumed)")
+    p.add_argument("--out", required=True, type=out_dir_arg, help="run folder (created, or resumed)")
     p.add_argument("--family", default="pixel", choices=("pixel", "latent"),
                    help="pixel NASDM, or latent NASDM on the shipped TAEF2 autoencoder")
     p.add_argument("--size", default=None, help="model size: pixel paper/small/cpu/tiny (default small), latent "
                                                 "small/cpu/tiny (default cpu)")
-    p.add_argument("--steps", type=int, default=None, help="total optimisation steps (pixel 10000, latent 4000)")
-    p.add_argument("--batch-size", type=int, default=None, help="pixel 8, latent 16")
+    p.add_argument("--steps", type=positive_int, default=None, help="total optimisation steps (pixel 10000, latent 4000)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="pixel 8, latent 16")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (pixel 1e-4, latent 2e-4 after "
                                                            "warm-up; 2e-5 to fine-tune)")
     p.add_argument("--cond-drop", type=float, default=None,
                    help="condition dropout for classifier-free guidance (pixel 0.2, latent 0.15)")
     p.add_argument("--ema", type=float, default=None, help="EMA decay (0.999)")
-    p.add_argument("--patch-size", type=int, default=None, help="pixel 128, latent 256")
+    p.add_argument("--patch-size", type=positive_int, default=None, help="pixel 128, latent 256")
     p.add_argument("--mpp", type=float, default=None,
                    help="model scale in µm/px (pixel 0.5 = 20x, latent 0.25 = 40x); data is resampled")
     p.add_argument("--prediction", default="v", choices=("v", "epsilon"), help="latent: prediction target")
-    p.add_argument("--transforms", type=int, default=8, help="latent: dihedral transforms encoded per window (1-8)")
-    p.add_argument("--threads", type=int, default=None, help="latent: torch CPU threads")
+    p.add_argument("--transforms", type=positive_int, default=8, help="latent: dihedral transforms encoded per window (1-8)")
+    p.add_argument("--threads", type=positive_int, default=None, help="latent: torch CPU threads")
     p.add_argument("--source-mpp", type=float, default=None, help="scale of the data when its format does not say")
     p.add_argument("--overlap", type=float, default=None, help="patch overlap (pixel 0.5, latent 0)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="drop patches with less tissue than this fraction")
@@ -132,14 +132,14 @@ def add_train_parser(sub) -> None:
     p.add_argument("--stain-norm", default="none", help="none, macenko or vahadane (reference: the image with most tissue)")
     p.add_argument("--scheme", default=None, help="class scheme for formats that do not record one")
     p.add_argument("--init", default=None, help="start from these NASDM weights (fine-tuning)")
-    p.add_argument("--sample-every", type=int, default=None, help="steps between sample grids")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--sample-steps", type=int, default=None, help="sampling steps for the sample grids")
+    p.add_argument("--sample-every", type=positive_int, default=None, help="steps between sample grids")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
+    p.add_argument("--sample-steps", type=positive_int, default=None, help="sampling steps for the sample grids")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="auto", help="auto (bf16/fp16 on CUDA), fp32, bf16, fp16")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--max-patches", type=int, default=None, help="use only the first N training patches")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--workers", type=nonneg_int, default=0, help="data loader processes")
+    p.add_argument("--max-patches", type=positive_int, default=None, help="use only the first N training patches")
     p.set_defaults(func=cmd_train_nasdm)
 
 
@@ -156,17 +156,17 @@ def add_nasdm_parser(engines) -> None:
                     "(provenance) to --out.")
     p.add_argument("--mask", required=True, help="mask file or folder")
     p.add_argument("--model", default="default", help="'default' (embedded), a cached model name, or a model path")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=d["n_samples"], help="samples per mask")
-    p.add_argument("--steps", type=int, default=d["steps"],
+    p.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
+    p.add_argument("--n", type=positive_int, default=d["n_samples"], help="samples per mask")
+    p.add_argument("--steps", type=positive_int, default=d["steps"],
                    help=f"respaced sampling steps (1000 = full chain); default {DEFAULT_STEPS_GPU} on CUDA, "
                         f"{DEFAULT_STEPS_CPU} on CPU")
     p.add_argument("--guidance", type=float, default=d["guidance"], help="classifier-free guidance scale s")
     p.add_argument("--sampler", default=d["sampler"], choices=SAMPLERS)
     p.add_argument("--variance", default=d["variance"], choices=VARIANCES,
                    help="variance of the DDPM step (default: the model's recommended one)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="sample k uses seed + k")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--seed", type=seed_int, default=d["seed"], help="sample k uses seed + k")
+    p.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
     p.add_argument("--tile", action="store_true", help="cut masks larger than the model's patch into tiles")
     p.add_argument("--scheme", default=None, help="class scheme for mask files that do not record one")
     add_device_options(p)

@@ -11,7 +11,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from .cli_common import has_display, positive_int, seed_int
+from .cli_common import has_display, out_dir_arg, positive_int, seed_int
 from .core.errors import HistogenInputError
 
 __all__ = ["add_study_parser", "cmd_study_create", "cmd_study_report", "cmd_study_status", "cmd_study_score"]
@@ -181,7 +181,7 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                     "alpha between readers, criteria frequencies, summary.md/.json and PNG plots.",
     )
     report.add_argument("study", help="study folder")
-    report.add_argument("--out", required=True, help="report folder")
+    report.add_argument("--out", required=True, type=out_dir_arg, help="report folder")
     report.add_argument("--key", default=None, metavar="FILE",
                         help="the study key (default: the study's key in the key folder)")
     report.add_argument("--threshold", type=int, default=6, help="score from which an answer means 'real' (default 6)")

@@ -12,7 +12,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, report_batch, scheme_or_none
+from .cli_common import (
+    ProgressBar,
+    add_device_options,
+    defaults_of,
+    eprint,
+    nonneg_int,
+    out_dir_arg,
+    positive_int,
+    report_batch,
+    scheme_or_none,
+    seed_int,
+)
 
 __all__ = ["add_transfer_parser", "add_models_fetch", "cmd_synthesize_transfer", "cmd_models_fetch",
            "sd_model_lines"]
@@ -115,14 +126,14 @@ def add_transfer_parser(engines) -> None:
     data = p.add_argument_group("dataset")
     data.add_argument("--dataset", default=None, help="folder of pairs: images/ + masks/, or <name>.png + <name>_mask.png")
     data.add_argument("--targets", default=None, help="folder of target masks (default: the dataset's other masks)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=d["n_outputs"], help="images per source (the paper: 4)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="output k uses seed + k (its flip/rotation and inversion noise)")
+    p.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
+    p.add_argument("--n", type=positive_int, default=d["n_outputs"], help="images per source (the paper: 4)")
+    p.add_argument("--seed", type=seed_int, default=d["seed"], help="output k uses seed + k (its flip/rotation and inversion noise)")
     p.add_argument("--no-augment", action="store_true", help="use the target masks as they are (no flips/rotations)")
     p.add_argument("--model", default=None, help="model folder, cached name, or hub id in the local HF cache "
                                                  "(default $HISTOGEN_SD_MODEL or stable-diffusion-v1-5)")
-    p.add_argument("--steps", type=int, default=st["steps"], help="DDIM steps of the chain")
-    p.add_argument("--skip", type=int, default=st["skip_steps"], help="noisiest steps not run")
+    p.add_argument("--steps", type=positive_int, default=st["steps"], help="DDIM steps of the chain")
+    p.add_argument("--skip", type=nonneg_int, default=st["skip_steps"], help="noisiest steps not run")
     p.add_argument("--inversion", default=st["inversion"].replace("_", "-"),
                    choices=tuple(i.replace("_", "-") for i in INVERSIONS))
     p.add_argument("--inversion-guidance", type=float, default=st["inversion_guidance"], help="text guidance while inverting")
@@ -141,8 +152,8 @@ def add_transfer_parser(engines) -> None:
     p.add_argument("--render", default=st["render"], choices=RENDER_MODES,
                    help="structure image colours: class means of the source, or the scheme's")
     p.add_argument("--prompt", default=st["prompt"], help="the sentence for all branches")
-    p.add_argument("--size", type=int, default=st["size"], help="working size in px (default: the model's, 512)")
-    p.add_argument("--batch-targets", type=int, default=st["batch_targets"], help="targets denoised together (0 = 4 on CUDA, 1 on CPU)")
+    p.add_argument("--size", type=positive_int, default=st["size"], help="working size in px (default: the model's, 512)")
+    p.add_argument("--batch-targets", type=nonneg_int, default=st["batch_targets"], help="targets denoised together (0 = 4 on CUDA, 1 on CPU)")
     p.add_argument("--scheme", default=None, help="class scheme of the masks (names, colours), e.g. tissue")
     add_device_options(p)
     p.set_defaults(func=cmd_synthesize_transfer)
@@ -169,7 +180,7 @@ def add_models_fetch(models_parser) -> None:
                     "scheduler, CLIP text encoder and tokenizer; safetensors only) into --out, to copy to an "
                     "offline workstation. Respects HF_ENDPOINT, HTTPS_PROXY and `hf auth login`.")
     p.add_argument("model", nargs="?", default="sd15", help="sd15 or a hub id in the SD 1.5 format")
-    p.add_argument("--out", default=None, help="folder (default: the model cache, $HISTOGEN_HOME/models/"
+    p.add_argument("--out", default=None, type=out_dir_arg, help="folder (default: the model cache, $HISTOGEN_HOME/models/"
                                                "stable-diffusion/<name>)")
     p.add_argument("--variant", default=None, choices=("fp16",), help="half-precision weights (about 2 GB instead of 4)")
     p.set_defaults(func=cmd_models_fetch)

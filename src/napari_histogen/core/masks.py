@@ -70,6 +70,7 @@ def as_label_image(labels, *, name: str = "mask") -> np.ndarray:
         raise HistogenInputError(f"The {name} has shape {arr.shape}; a label image must be 2-D (HxW).")
     if arr.size == 0:
         raise HistogenInputError(f"The {name} is empty (shape {arr.shape}).")
+    check_mask_size(arr.shape, name=name)
     if arr.dtype == np.bool_:
         return arr.astype(np.int32)
     if np.issubdtype(arr.dtype, np.floating):
@@ -85,6 +86,25 @@ def as_label_image(labels, *, name: str = "mask") -> np.ndarray:
     if arr.max() > np.iinfo(np.int32).max:
         raise HistogenInputError(f"The {name} has labels above the int32 limit ({np.iinfo(np.int32).max}); relabel it first.")
     return arr.astype(np.int32)  # astype copies, so callers never share memory with the input
+
+
+def check_mask_size(shape, *, name: str = "mask") -> None:
+    """Refuse a mask above the image limit (``MAX_IMAGE_PIXELS``, 8192 x 8192), with what to do.
+
+    Raises
+    ------
+    HistogenInputError
+        ``shape[0] * shape[1]`` above the limit.
+    """
+    from .images import MAX_IMAGE_PIXELS
+
+    h, w = int(shape[0]), int(shape[1])
+    if h * w > MAX_IMAGE_PIXELS:
+        side = int(MAX_IMAGE_PIXELS ** 0.5)
+        raise HistogenInputError(
+            f"The {name} is {w}x{h} px, above the {side}x{side} px limit (it would need "
+            f"{h * w * 4 / 2**30:.1f} GiB); crop or tile it first."
+        )
 
 
 def check_same_shape(image_shape, mask_shape, *, what: str = "mask") -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -289,6 +290,9 @@ def histogen_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-histogen"
 
 
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def scheme_dir() -> Path:
     """Folder whose ``*.json`` / ``*.yaml`` schemes are listed with the built-in ones."""
     return histogen_home() / "schemes"
@@ -299,7 +303,15 @@ def load_scheme(path) -> ClassScheme:
     path = Path(path)
     if not path.is_file():
         raise HistogenInputError(f"No scheme file at {path}.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(f"Scheme file {path.name} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                               "save it as UTF-8.") from None
+    except OSError as err:
+        raise HistogenInputError(f"Scheme file {path.name} cannot be read ({err.strerror or err}).") from None
+    if "\x00" in text:
+        raise CorruptFileError(f"Scheme file {path.name} holds zero bytes; it is not a scheme file.")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -315,15 +327,32 @@ def load_scheme(path) -> ClassScheme:
 
 
 def save_scheme(scheme: ClassScheme, path=None) -> Path:
-    """Write ``scheme`` as JSON or YAML (by suffix); default: ``scheme_dir()/<name>.json``."""
-    path = Path(path) if path is not None else scheme_dir() / f"{scheme.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    """Write ``scheme`` as JSON or YAML (by suffix); default: ``scheme_dir()/<name>.json``.
 
-        path.write_text(yaml.safe_dump(scheme.to_dict(), sort_keys=False), encoding="utf-8")
-    else:
-        path.write_text(json.dumps(scheme.to_dict(), indent=2), encoding="utf-8")
+    Raises
+    ------
+    HistogenInputError
+        Without ``path``, a scheme name that is not a plain file name (it would write
+        outside the schemes folder: ``../../x``); a place that cannot be written.
+    """
+    if path is None:
+        if not _FILE_NAME_RE.fullmatch(str(scheme.name)) or ".." in str(scheme.name):
+            raise HistogenInputError(
+                f"Scheme name {scheme.name!r} cannot name a file in the schemes folder: use 1-64 letters, digits, "
+                "'-', '_' or '.', starting with a letter or digit."
+            )
+        path = scheme_dir() / f"{scheme.name}.json"
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            path.write_text(yaml.safe_dump(scheme.to_dict(), sort_keys=False), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(scheme.to_dict(), indent=2), encoding="utf-8")
+    except OSError as err:
+        raise HistogenInputError(f"Cannot write the scheme to {path} ({err.strerror or err}).") from None
     return path
 
 

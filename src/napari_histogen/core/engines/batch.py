@@ -114,7 +114,7 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
             item = read_annotated(path, scheme=scheme)
             if item.nuclei is None:
                 raise HistogenInputError("it has no nuclei mask")
-            nuclei = item.nuclei
+            nuclei = _compact_ids(item.nuclei)
             if nuclei.mpp is None and item.mpp is not None:
                 nuclei = NucleiMask.create(nuclei.instances, nuclei.classes, nuclei.scheme, mpp=item.mpp)
             if tile:
@@ -124,14 +124,20 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
             for suffix, piece in pieces:
                 prepare_mask(piece, engine.config)  # fail early, before any sampling
                 jobs.append((item.name + suffix, piece, item, path))
-        except HistogenInputError as err:
-            report.skipped.append((str(path), str(err)))
-            log(f"skipped {path}: {err}")
+        except Exception as err:  # noqa: BLE001 - one bad file (any failure) never ends the batch
+            reason = _reason(err)
+            report.skipped.append((str(path), reason))
+            log(f"skipped {path}: {reason}")
     per_job = -(-request.n_samples // request.batch_size) * int(request.steps)  # the engine reports batches x steps
     total = len(jobs) * per_job
     for j, (name, nuclei, item, path) in enumerate(jobs):
-        results = engine.run(replace(request, nuclei=nuclei), progress=sub_progress(progress, j * per_job, total),
-                             cancel=cancel)
+        try:
+            results = engine.run(replace(request, nuclei=nuclei), progress=sub_progress(progress, j * per_job, total),
+                                 cancel=cancel)
+        except HistogenInputError as err:  # this mask, not the batch: the others still run
+            report.skipped.append((str(path), str(err)))
+            log(f"skipped {path}: {err}")
+            continue
         first = results[0].mask
         real = item.image if (item.image is not None and item.image.shape[:2] == first.shape) else None
         for res in results:
@@ -141,6 +147,35 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
             report.written.append((stem, files))
             log(f"{stem}: {files['image']}")
     return report
+
+
+#: Masks whose largest id is at least this are renumbered 1..N before synthesis (ids of any size are
+#: valid in files; a model's condition needs small ones).
+_RELABEL_FROM = 1_000_000
+
+
+def _compact_ids(nuclei: NucleiMask) -> NucleiMask:
+    """The mask with ids 1..N (in id order) when its ids are huge (e.g. 2**31 - 1 from another tool)."""
+    inst = nuclei.instances
+    if inst.size == 0 or int(inst.max()) < _RELABEL_FROM:
+        return nuclei
+    ids, inverse = np.unique(inst, return_inverse=True)
+    new = np.arange(ids.size, dtype=np.int32) + (0 if ids[0] == 0 else 1)  # background stays 0
+    relabelled = new[inverse.reshape(inst.shape)]
+    classes = {int(new[k]): int(nuclei.classes.get(int(i), 0)) for k, i in enumerate(ids) if i != 0}
+    return NucleiMask.create(relabelled, classes, nuclei.scheme, mpp=nuclei.mpp, metadata=dict(nuclei.metadata))
+
+
+def _reason(err: BaseException) -> str:
+    """One line for a skipped file: the message of an input error, else the error's kind and text."""
+    if isinstance(err, HistogenInputError):
+        return str(err)
+    if isinstance(err, RecursionError):
+        return "it is nested too deeply to read (a damaged or hostile file)"
+    if isinstance(err, MemoryError):
+        return "it is too large to read into memory"
+    text = " ".join(str(err).split())[:200]
+    return f"it cannot be read ({type(err).__name__}{': ' + text if text else ''})"
 
 
 # -- appearance transfer ---------------------------------------------------------------------------
@@ -209,9 +244,10 @@ def transfer_folder(dataset, out_dir, engine, request=None, *, targets=None, sch
             source = read_rgb_image(image_path, name="source image")
             source_mask = read_tissue_mask(mask_path, name="source mask", scheme=scheme)
             tmasks = [read_tissue_mask(pool_paths[j], name="target mask", scheme=scheme) for j in picks[i]]
-        except HistogenInputError as err:
-            report.skipped.append((str(image_path), str(err)))
-            log(f"skipped {image_path.name}: {err}")
+        except Exception as err:  # noqa: BLE001 - one bad file (any failure) never ends the batch
+            reason = _reason(err)
+            report.skipped.append((str(image_path), reason))
+            log(f"skipped {image_path.name}: {reason}")
             continue
         # the source's scheme names the classes of its targets too (one dataset, one scheme)
         tmasks = [replace(t, scheme=source_mask.scheme) for t in tmasks]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,36 @@ def write_annotated_bundle(item: AnnotatedImage, out_dir, *, provenance: dict | 
                             "per_class": item.nuclei.counts()}
     written["provenance"].write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     return {k: Path(v) for k, v in written.items()}
+
+
+def write_file_set(files: dict, write, *, last: str = "image") -> dict:
+    """Write a set of files all or nothing.
+
+    Parameters
+    ----------
+    files : dict
+        Role -> final path.
+    write : callable
+        ``write(temps)`` writes each role's file at ``temps[role]`` (a hidden name in the
+        same folder, with the same suffix, so writers that go by suffix still work).
+    last : str
+        The role renamed into place last (the image: a folder scan that finds it finds
+        the rest of its set too).
+
+    Returns
+    -------
+    dict
+        ``files``. When ``write`` fails (a full disk, a kill leaves hidden temp names only),
+        no final file of the set is written and the temporary files are removed.
+    """
+    token = secrets.token_hex(4)
+    temps = {role: Path(p).with_name(f".{token}-{Path(p).name}") for role, p in files.items()}
+    try:
+        write(temps)
+        for role in sorted(files, key=lambda r: r == last):
+            os.replace(temps[role], files[role])
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    return files

@@ -20,7 +20,10 @@ def can_read(path) -> bool:
     A ``.npy`` counts only inside a PanNuke/CoNIC folder (with ``images.npy``), so
     napari's own reader keeps every other array.
     """
-    base, _ = split_index(path)
+    try:
+        base, _ = split_index(path)
+    except HistogenInputError:  # 'x.npy::abc' is no file of ours: decline, let others try
+        return False
     name = base.name.lower()
     if name.endswith(".npy"):
         return (base.parent / "images.npy").is_file()

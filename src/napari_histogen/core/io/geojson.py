@@ -18,6 +18,7 @@ member, which GeoJSON allows (a *foreign member*) and QuPath ignores.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Mapping
@@ -27,9 +28,11 @@ from scipy import ndimage as ndi
 
 from ..provenance import json_default as _json_default
 from ..errors import CorruptFileError, HistogenInputError, UnknownClassError
-from ..masks import NucleiMask, instance_ids
+from ..masks import NucleiMask, check_mask_size, instance_ids
 from ..schemes import UNCLASSIFIED, ClassScheme, get_scheme, list_schemes
 from .annotated import AnnotatedImage
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["nuclei_to_geojson", "write_geojson", "read_geojson"]
 
@@ -342,6 +345,8 @@ def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as err:
         raise CorruptFileError(f"{path.name} is not valid JSON ({err}); is it a GeoJSON export?") from None
+    except RecursionError:
+        raise CorruptFileError(f"{path.name} is nested too deeply to be GeoJSON (a damaged or hostile file).") from None
 
     features, stored = _features(data, path)
     nuclei_like = []
@@ -366,7 +371,16 @@ def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
         name = _class_name(props)
         class_ids.append(UNCLASSIFIED if name is None else scheme_obj.id_of(name))
 
+    offset = None
+    if shape is None and stored.get("shape") is None:
+        offset = _slide_offset([polys for _, _, polys in parsed])
+        if offset is not None:  # slide coordinates: keep the outlines' bounding box, record where it was
+            dx, dy = offset
+            shift = np.array([dx, dy], dtype=np.float64)
+            parsed = [(i, props, [[ring - shift for ring in poly] for poly in polys]) for i, props, polys in parsed]
     out_shape = _resolve_shape(stored, shape, [polys for _, _, polys in parsed], path)
+    check_mask_size(out_shape, name=f"mask of {path.name}" + (
+        f" (outlines' bounding box from x={offset[0]}, y={offset[1]})" if offset else ""))
     ids = _assign_ids([props for _, props, _ in parsed])
     instances = np.zeros(out_shape, np.int32)
     for inst_id, (_, _, polygons) in zip(ids, parsed):
@@ -378,13 +392,25 @@ def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
     classes = dict(zip(ids, class_ids))
 
     mpp = stored.get("mpp")
+    metadata = dict(stored.get("metadata") or {}) if isinstance(stored.get("metadata"), dict) else {}
+    if offset is not None:
+        metadata["offset_xy"] = [int(offset[0]), int(offset[1])]
+    try:
+        mpp_value = None if mpp is None else float(mpp)
+    except (TypeError, ValueError):
+        raise CorruptFileError(f"{path.name}: the recorded 'mpp' ({mpp!r}) is not a number.") from None
     nuclei = NucleiMask.create(
-        instances, classes, scheme_obj, mpp=None if mpp is None else float(mpp),
-        metadata=stored.get("metadata") or {}, name=f"nuclei of {path.name}",
+        instances, classes, scheme_obj, mpp=mpp_value, metadata=metadata, name=f"nuclei of {path.name}",
     )
     provenance = stored.get("provenance")
-    if provenance is None:
+    if not isinstance(provenance, dict):
         provenance = {"file": str(path), "format": "GeoJSON"}
+    if offset is not None:
+        provenance = {**provenance, "offset_xy": [int(offset[0]), int(offset[1])],
+                      "note": f"slide coordinates: cropped to the outlines' bounding box from x={offset[0]}, "
+                              f"y={offset[1]} (add the offset to map pixels back to the slide)"}
+        logger.info("%s: outlines in slide coordinates; cropped to their bounding box from x=%d, y=%d",
+                    path.name, offset[0], offset[1])
     return AnnotatedImage(name=_stem(path), nuclei=nuclei, mpp=nuclei.mpp, provenance=provenance)
 
 
@@ -407,7 +433,12 @@ def _features(data, path: Path) -> tuple[list, dict]:
             features = data.get("features")  # type: ignore[assignment]
             member = data.get("histogen")
             if isinstance(member, Mapping) and member.get("format") == _FORMAT:
-                if int(member.get("version", 0)) > _FORMAT_VERSION:
+                try:
+                    version = int(member.get("version", 0))
+                except (TypeError, ValueError, OverflowError):
+                    raise CorruptFileError(f"{path.name}: the histogen format version {member.get('version')!r} "
+                                           "is not a number.") from None
+                if version > _FORMAT_VERSION:
                     raise HistogenInputError(
                         f"{path.name} was written by a newer napari-histogen (format version "
                         f"{member['version']}); update napari-histogen to read it."
@@ -527,10 +558,35 @@ def _resolve_scheme(stored: dict, scheme, names: list, path: Path) -> ClassSchem
     return chosen
 
 
+#: Outlines whose bounding box starts this far from (0, 0) are taken as slide coordinates.
+SLIDE_OFFSET_MIN = 1024
+
+
+def _slide_offset(polygon_lists: list) -> tuple[int, int] | None:
+    """``(x0, y0)`` to subtract when the outlines lie far from the origin (a QuPath export in slide
+    coordinates), or when a mask from (0, 0) would pass the size limit; else None."""
+    points = [ring for polys in polygon_lists for poly in polys for ring in poly]
+    if not points:
+        return None
+    low = np.min([ring.min(axis=0) for ring in points], axis=0)
+    high = np.max([ring.max(axis=0) for ring in points], axis=0)
+    x0, y0 = max(0, math.floor(low[0])), max(0, math.floor(low[1]))
+    from ..images import MAX_IMAGE_PIXELS
+
+    from_origin = math.ceil(high[0]) * math.ceil(high[1])
+    if max(x0, y0) >= SLIDE_OFFSET_MIN or from_origin > MAX_IMAGE_PIXELS:
+        return (x0, y0) if (x0, y0) != (0, 0) else None
+    return None
+
+
 def _resolve_shape(stored: dict, shape, polygon_lists: list, path: Path) -> tuple[int, int]:
     stored_shape = stored.get("shape")
     if stored_shape is not None:
-        stored_shape = (int(stored_shape[0]), int(stored_shape[1]))
+        try:
+            stored_shape = (int(stored_shape[0]), int(stored_shape[1]))
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+            raise CorruptFileError(f"{path.name}: the recorded image size {stored_shape!r} is not (height, "
+                                   "width).") from None
     if shape is not None:
         try:
             shape = (int(shape[0]), int(shape[1]))

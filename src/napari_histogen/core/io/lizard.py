@@ -53,8 +53,12 @@ def read_lizard_mat(label_path, image_path=None) -> AnnotatedImage:
     missing = [k for k in ("inst_map", "id", "class") if k not in mat]
     if missing:
         raise CorruptFileError(f"{label_path.name} is not a Lizard label file: keys {missing} are missing.")
-    ids = np.asarray(mat["id"]).ravel().astype(np.int64)
-    classes = np.asarray(mat["class"]).ravel().astype(np.int64)
+    try:
+        ids = np.asarray(mat["id"]).ravel().astype(np.int64)
+        classes = np.asarray(mat["class"]).ravel().astype(np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise CorruptFileError(f"{label_path.name}: 'id' and 'class' must be whole numbers (a Lizard label file "
+                               "has one class number per nucleus).") from None
     if ids.size != classes.size:
         raise CorruptFileError(f"{label_path.name}: 'id' has {ids.size} rows but 'class' has {classes.size}.")
     table = dict(zip(ids.tolist(), classes.tolist()))

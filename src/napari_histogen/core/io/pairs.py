@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, HistogenInputError
 from ..images import to_rgb_uint8
-from ..masks import NucleiMask, as_label_image, check_same_shape, classes_from_type_map, instance_ids
+from ..masks import NucleiMask, as_label_image, check_mask_size, check_same_shape, classes_from_type_map, instance_ids
 from ..schemes import UNCLASSIFIED, get_scheme
 from .annotated import AnnotatedImage
 
@@ -274,7 +274,31 @@ def _read_mask(path: Path) -> dict:
     raise HistogenInputError(f"Mask {path.name}: unsupported type '{suffix}'; use a .npz or .tif mask.")
 
 
+def _check_npz_sizes(path: Path) -> None:
+    """Read only the array headers of an .npz: refuse a huge map before it is decompressed."""
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, _ = np.lib.format.read_array_header_1_0(fh)
+                    else:
+                        shape, _, _ = np.lib.format.read_array_header_2_0(fh)
+                shapes[info.filename[:-4]] = tuple(int(n) for n in shape)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # np.load says what is wrong with the file
+    for name, shape in shapes.items():
+        if len(shape) >= 2:
+            check_mask_size(shape[-2:] if len(shape) > 2 and shape[-1] > 4 else shape[:2],
+                            name=f"array '{name}' of {path.name}")
+
+
 def _read_npz_mask(path: Path) -> dict:
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}

@@ -10,7 +10,7 @@ import numpy as np
 from ..masks import NucleiMask
 from ..provenance import json_default
 from ..render import hstack_panels, render_overlay
-from .bundle import safe_name
+from .bundle import safe_name, write_file_set
 
 __all__ = ["write_synthesis_pair", "side_by_side"]
 
@@ -41,6 +41,8 @@ def write_synthesis_pair(out_dir, name: str, image: np.ndarray, nuclei: NucleiMa
     - ``<name>_side_by_side.png``: mask | synthetic (| real);
     - ``<name>.json``: the provenance (engine, model and sha256, parameters, seed, mask hash).
 
+    All or nothing: the files are written under temporary names and renamed as a set.
+
     Returns
     -------
     dict
@@ -55,13 +57,17 @@ def write_synthesis_pair(out_dir, name: str, image: np.ndarray, nuclei: NucleiMa
     stem = safe_name(name)
     files = {"image": out / f"{stem}.png", "mask": out / f"{stem}.npz", "ome_tiff": out / f"{stem}.ome.tif",
              "side_by_side": out / f"{stem}_side_by_side.png", "provenance": out / f"{stem}.json"}
-    imsave(files["image"], image, check_contrast=False)
     table = np.array(sorted(nuclei.classes.items()), dtype=np.int64).reshape(-1, 2)
     arrays = dict(inst_map=nuclei.instances, type_map=nuclei.type_map(), classes=table, scheme=np.array(nuclei.scheme.name))
     if nuclei.mpp is not None:
         arrays["mpp"] = np.array(nuclei.mpp)
-    np.savez_compressed(files["mask"], **arrays)  # type: ignore[arg-type]
-    write_ome_tiff(files["ome_tiff"], image, nuclei, provenance=provenance)
-    imsave(files["side_by_side"], side_by_side(nuclei, image, real), check_contrast=False)
-    files["provenance"].write_text(json.dumps(provenance, indent=2, default=json_default))
-    return files
+
+    def write(tmp):  # all five or none: a kill or a full disk leaves no incomplete set
+        imsave(tmp["image"], image, check_contrast=False)
+        with open(tmp["mask"], "wb") as fh:  # a file object: savez would append '.npz' to the temp name
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+        write_ome_tiff(tmp["ome_tiff"], image, nuclei, provenance=provenance)
+        imsave(tmp["side_by_side"], side_by_side(nuclei, image, real), check_contrast=False)
+        tmp["provenance"].write_text(json.dumps(provenance, indent=2, default=json_default))
+
+    return write_file_set(files, write)

@@ -161,22 +161,25 @@ def write_transfer_result(out_dir, name: str, image: np.ndarray, mask: np.ndarra
     from skimage.io import imsave
 
     from ..provenance import json_default
-    from .bundle import safe_name
+    from .bundle import safe_name, write_file_set
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = safe_name(name)
     files = {"image": out / f"{stem}.png", "mask": out / f"{stem}_mask.png",
              "side_by_side": out / f"{stem}_side_by_side.png", "provenance": out / f"{stem}.json"}
-    imsave(files["image"], image, check_contrast=False)
     if isinstance(mask, TissueMask):
         scheme = scheme if scheme is not None else mask.scheme
         mask = mask.labels
     mask = np.asarray(mask)
-    imsave(files["mask"], mask.astype(np.uint8 if mask.max() < 256 else np.uint16), check_contrast=False)
     panels = [render_labels(mask, scheme), image]
     if source is not None:
         panels.append(resize_image(source, image.shape[:2]))
-    imsave(files["side_by_side"], hstack_panels(panels), check_contrast=False)
-    files["provenance"].write_text(json.dumps(provenance, indent=2, default=json_default))
-    return files
+
+    def write(tmp):  # all four or none
+        imsave(tmp["image"], image, check_contrast=False)
+        imsave(tmp["mask"], mask.astype(np.uint8 if mask.max() < 256 else np.uint16), check_contrast=False)
+        imsave(tmp["side_by_side"], hstack_panels(panels), check_contrast=False)
+        tmp["provenance"].write_text(json.dumps(provenance, indent=2, default=json_default))
+
+    return write_file_set(files, write)
