@@ -1,7 +1,8 @@
 """Blinded reader studies: pathologists score real and synthetic histology without knowing which is which.
 
-- :mod:`.create`: copy cases under neutral ids, write the key apart (:func:`create_study`).
-- :mod:`.session`: a reader's order, position and answers (:class:`ReaderSession`).
+- :mod:`.create`: copy cases under secret random ids, write the key apart (:func:`create_study`).
+- :mod:`.leaks`: statistics that could tell the groups apart, with their AUCs (checked at creation).
+- :mod:`.session`: a reader's order, token, position and answers (:class:`ReaderSession`).
 - :mod:`.answers`: the append-only, fsync'd answer log of one reader (:class:`AnswerLog`).
 - :mod:`.report`: unblind with the key; tables, tests, plots (:func:`write_report`).
 - :mod:`.stats`: the statistics (scipy, krippendorff).
