@@ -65,6 +65,9 @@ def main(argv=None) -> int:
         "data": "CoNSeP train split, 256 px patches (research use only; cite HoVer-Net)",
     })
     config.training.pop("run", None)
+    summary = config.training.get("data_summary") or {}
+    # no machine paths in a shipped model: keep the dataset folder's name only
+    summary["data"] = ["../shared/data/" + Path(str(d)).name for d in summary.get("data", [])]
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in ("default_guidance", "default_steps", "sampler", "sampler_variance"):

@@ -81,10 +81,15 @@ def _demo_gui() -> int:
     from . import _layers
     from .core.demo import demo_masks
 
+    from .core.engines.nasdm import read_model_config
+
     viewer = napari.Viewer(title="napari-histogen demo")
-    name, mask, real = demo_masks()[0]
-    for data, kwargs, kind in (_layers.image_layer_data(real, f"{name} (20x)", mpp=mask.mpp),
-                               _layers.nuclei_layer_data(mask, f"{name} nuclei (CoNSeP classes, 20x)")):
+    config = read_model_config(None)  # the embedded default: show the sample at its scale
+    size, mpp = (config.image_size, config.mpp) if config is not None else (128, 0.5)
+    name, mask, real = demo_masks(size, mpp)[0]
+    mag = f"{10 / mpp:g}x"  # 0.25 µm/px = 40x, 0.5 = 20x
+    for data, kwargs, kind in (_layers.image_layer_data(real, f"{name} ({mag})", mpp=mask.mpp),
+                               _layers.nuclei_layer_data(mask, f"{name} nuclei (CoNSeP classes, {mag})")):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: annotate")
     viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: NASDM")
