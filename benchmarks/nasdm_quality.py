@@ -233,9 +233,10 @@ def main(argv=None):
                          "nn_train_median": float(np.median(nn_d)), "nn_train_min": float(nn_d.min()),
                          "nn_closest": [[int(i), int(nn_i[i]), float(nn_d[i])] for i in np.argsort(nn_d)[:4]]}
     if "train_real" in realism:  # a training patch is its own nearest neighbour: use the next one
-        d, _ = nearest_distances(feats["train_real"], train_feats[[i for i in range(len(train_all)) if i not in
-                                                                   set(pick.tolist())]])
-        realism["train_real"].update(nn_train_median=float(np.median(d)), nn_train_min=float(d.min()))
+        others = np.array([i for i in range(len(train_all)) if i not in set(pick.tolist())])
+        d, j = nearest_distances(feats["train_real"], train_feats[others])
+        realism["train_real"].update(nn_train_median=float(np.median(d)), nn_train_min=float(d.min()),
+                                     nn_closest=[[int(i), int(others[j[i]]), float(d[i])] for i in np.argsort(d)[:4]])
     real_nn_median = float(np.median(real_nn))
 
     for name in compared:  # the closest synthetic-training pairs, for the eye

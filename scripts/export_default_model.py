@@ -90,7 +90,9 @@ def main(argv=None) -> int:
         for i, ref in enumerate(ps.val[: args.check_masks]):
             _, inst, classes = ps.crop(ref)
             mask = NucleiMask.create(np.ascontiguousarray(inst), classes, config.scheme["name"], mpp=config.mpp)
-            req = NasdmRequest(nuclei=mask, steps=args.check_steps, seed=i)
+            rec = half.recommended()  # the same settings for both (the fp32 run's record may differ)
+            req = NasdmRequest(nuclei=mask, steps=args.check_steps, seed=i, guidance=rec["guidance"],
+                               sampler=rec["sampler"], variance=rec["variance"])
             a = full.run(req)[0].image.astype(float)
             b = half.run(req)[0].image.astype(float)
             diffs.append((np.abs(a - b).mean(), np.abs(a - b).max()))

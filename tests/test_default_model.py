@@ -1,4 +1,8 @@
-"""The NASDM model shipped in the package: present, hash-checked on load, samples offline."""
+"""The NASDM models shipped in the package: present, hash-checked on load, sample offline.
+
+``default`` is the latent NASDM model (TAEF2 latents, 40x); ``pixel`` the earlier pixel-space
+model (20x), kept selectable.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +14,48 @@ import pytest
 
 pytest.importorskip("torch")
 
-from napari_histogen.core.engines.nasdm import NasdmEngine, NasdmRequest  # noqa: E402
+from napari_histogen.core.engines.nasdm import NasdmEngine, NasdmRequest, recommended_settings  # noqa: E402
 from napari_histogen.core.errors import HistogenInputError  # noqa: E402
 from napari_histogen.core.models import registry  # noqa: E402
 
+EXPECTED = {  # family, µm/px, patch px
+    "default": ("latent", 0.25, 256),
+    "pixel": ("pixel", 0.5, 128),
+}
 
-def test_shipped_model_is_listed_and_small():
-    folder = registry.embedded_nasdm_dir()
-    assert "default" in registry.list_nasdm_models()
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_model_is_listed_small_and_carded(name):
+    family, mpp, size = EXPECTED[name]
+    folder = registry.embedded_nasdm_dir(name)
+    assert name in registry.list_nasdm_models()
     weights = folder / "nasdm.safetensors"
     assert weights.stat().st_size < 40 * 2**20
     meta = json.loads((folder / "nasdm.json").read_text())
-    assert meta["scheme"]["name"] == "consep" and meta["mpp"] == 0.5 and meta["unet"]["image_size"] == 128
+    assert meta["scheme"]["name"] == "consep" and meta["mpp"] == mpp and meta.get("family", "pixel") == family
     assert (folder / "MODEL_CARD.md").is_file()
+    assert "/work/" not in (folder / "nasdm.json").read_text()  # no machine paths in a shipped file
 
 
-def test_shipped_model_loads_with_its_hash_checked_and_samples_a_patch(monkeypatch):
+def test_pixel_model_recommends_the_fixed_small_variance():
+    config = NasdmEngine("pixel", device="cpu").config
+    rec = recommended_settings(config, "cpu")
+    assert rec["variance"] == "fixed_small" and rec["sampler"] == "ddpm"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_model_loads_with_its_hash_checked_and_samples_a_patch(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    engine = NasdmEngine(device="cpu")
+    engine = NasdmEngine(name, device="cpu")
     assert engine.loaded.sha256_checked
-    recorded = json.loads((registry.embedded_nasdm_dir() / "SHA256.json").read_text())["sha256"]
+    recorded = json.loads((registry.embedded_nasdm_dir(name) / "SHA256.json").read_text())["sha256"]
     assert engine.loaded.sha256 == recorded
     from napari_histogen.core.demo import demo_masks
 
-    name, mask, _ = demo_masks()[0]
+    _, mask, _ = demo_masks(engine.config.image_size, engine.config.mpp)[0]
     result = engine.run(NasdmRequest(nuclei=mask, steps=2, seed=0))[0]
-    assert result.image.shape == (128, 128, 3) and result.image.dtype == np.uint8
-    assert result.provenance["parameters"]["model"] == "default"
+    assert result.image.shape == mask.shape + (3,) and result.image.dtype == np.uint8
+    assert result.provenance["parameters"]["model"] == name
     assert result.provenance["parameters"]["model_sha256"] == recorded
 
 
