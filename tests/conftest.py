@@ -38,6 +38,29 @@ def save_tiny_nasdm(folder, *, image_size=32, scheme="consep", seed=0):
     return save_nasdm(model, config, folder / "nasdm.safetensors")
 
 
+def write_pairs_dataset(folder, n=4, size=64, seed=0, *, mpp=0.5, nucleus_px=5):
+    """Image + mask pairs (``imgK.png`` + ``imgK.npz``): dark nuclei on pink tissue, CoNSeP classes."""
+    import numpy as np
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        inst = np.zeros((size, size), np.int32)
+        classes = {}
+        for i in range(1, 6):
+            r, c = rng.integers(4, size - 8, 2)
+            inst[r: r + nucleus_px, c: c + nucleus_px] = i
+            classes[i] = int(rng.integers(1, 5))
+        image = np.empty((size, size, 3), np.uint8)
+        image[:] = (230, 150, 200)
+        image[inst > 0] = (90, 40, 140)
+        imsave(folder / f"img{k}.png", image, check_contrast=False)
+        np.savez(folder / f"img{k}.npz", inst_map=inst, classes=np.array(sorted(classes.items())),
+                 scheme=np.array("consep"), mpp=np.array(mpp))
+    return folder
+
+
 def pytest_collection_modifyitems(config, items):
     """GUI tests drive a real viewer (seconds each): they count as slow too (`pytest -m "not slow"`)."""
     for item in items:

@@ -23,6 +23,7 @@ from napari_histogen.core.latent.train import LatentTrainSettings, train_latent_
 from napari_histogen.core.nasdm.checkpoint import load_nasdm  # noqa: E402
 from napari_histogen.core.nasdm.sampling import sample  # noqa: E402
 from napari_histogen.core.progress import CancelToken  # noqa: E402
+from conftest import write_pairs_dataset  # noqa: E402
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -160,25 +161,7 @@ def test_few_step_sampler_lands_near_the_exact_probability_flow_endpoint():
 
 
 def _dataset(folder, n=4, size=64, seed=0):
-    """Image + mask pairs at 0.25 µm/px: dark nuclei on pink tissue, CoNSeP classes."""
-    from skimage.io import imsave
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(n):
-        inst = np.zeros((size, size), np.int32)
-        classes = {}
-        for i in range(1, 6):
-            r, c = rng.integers(4, size - 8, 2)
-            inst[r: r + 6, c: c + 6] = i
-            classes[i] = int(rng.integers(1, 5))
-        image = np.empty((size, size, 3), np.uint8)
-        image[:] = (230, 150, 200)
-        image[inst > 0] = (90, 40, 140)
-        imsave(folder / f"img{k}.png", image, check_contrast=False)
-        np.savez(folder / f"img{k}.npz", inst_map=inst, classes=np.array(sorted(classes.items())),
-                 scheme=np.array("consep"), mpp=np.array(0.25))
-    return folder
+    return write_pairs_dataset(folder, n, size, seed, mpp=0.25, nucleus_px=6)
 
 
 def _settings(data, out, **kw):

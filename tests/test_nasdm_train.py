@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,28 +13,11 @@ from napari_histogen.cli import main  # noqa: E402
 from napari_histogen.core.errors import HistogenInputError  # noqa: E402
 from napari_histogen.core.nasdm.train import TrainSettings, train_nasdm  # noqa: E402
 from napari_histogen.core.progress import CancelToken  # noqa: E402
+from conftest import write_pairs_dataset  # noqa: E402
 
 
 def _dataset(folder, n=4, size=64, seed=0):
-    """Image + mask pairs: dark nuclei on pink tissue, CoNSeP classes, 0.5 µm/px."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(n):
-        inst = np.zeros((size, size), np.int32)
-        classes = {}
-        for i in range(1, 6):
-            r, c = rng.integers(4, size - 8, 2)
-            inst[r: r + 5, c: c + 5] = i
-            classes[i] = int(rng.integers(1, 5))
-        image = np.empty((size, size, 3), np.uint8)
-        image[:] = (230, 150, 200)
-        image[inst > 0] = (90, 40, 140)
-        from skimage.io import imsave
-
-        imsave(folder / f"img{k}.png", image, check_contrast=False)
-        np.savez(folder / f"img{k}.npz", inst_map=inst, classes=np.array(sorted(classes.items())),
-                 scheme=np.array("consep"), mpp=np.array(0.5))
-    return folder
+    return write_pairs_dataset(folder, n, size, seed)
 
 
 def _settings(data, out, **kw):
