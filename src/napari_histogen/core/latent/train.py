@@ -152,23 +152,134 @@ def training_dtype(precision: str, device):
         return None
 
 
+@dataclass
+class _TrainingLatents:
+    """The training windows, their cached latents (all transforms) and the normalisation."""
+
+    patches: object  # PatchSet
+    refs: list
+    stack: object  # tensor (n_transforms * n_windows, C, h, w) fp16; item i: transform i // n, window i % n
+    transforms: list
+    mean: list
+    std: list
+
+    @property
+    def class_ids(self) -> list:
+        return list(self.patches.class_ids)
+
+    def batch(self, step: int, settings: LatentTrainSettings, num_timesteps: int):
+        """``(z0, cond, t, noise)`` of a step, drawn from ``(seed, step)`` alone (exact resume)."""
+        import torch
+
+        from ..nasdm.condition import make_condition
+        from ..nasdm.data import dihedral
+        from ..nasdm.train import _batch_indices
+
+        n = len(self.refs)
+        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+        idx = _batch_indices(step, settings.batch_size, len(self.stack), settings.seed)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        z0 = (self.stack[idx].float() - mean) / std
+        conds = []
+        for i in idx:
+            _, inst, classes = self.patches.crop(self.refs[i % n])
+            k = self.transforms[i // n]
+            conds.append(make_condition(np.ascontiguousarray(dihedral(inst, k)), classes, self.class_ids))
+        cond = torch.from_numpy(np.stack(conds))
+        p_drop = settings.cond_drop if step >= settings.cond_drop_from else 0.0
+        cond[torch.rand(len(idx), generator=gen) < p_drop] = 0
+        t = torch.randint(0, num_timesteps, (len(idx),), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        return z0, cond, t, noise
+
+
+def _training_latents(settings: LatentTrainSettings, run_dir: Path, taef2, device, cancel, log_fn):
+    """Read the data, cut the windows, encode (or reuse) their latents; see :mod:`.data`."""
+    import torch
+
+    from ..nasdm.data import build_patch_set
+    from .data import encode_all
+    from .taef2 import TAEF2_SHA256
+
+    log_fn(f"Reading {settings.data} ...")
+    patches = build_patch_set(settings.data, settings.fmt, target_mpp=settings.mpp, patch_size=settings.image_size,
+                              overlap=settings.overlap, min_tissue=settings.min_tissue,
+                              val_fraction=settings.val_fraction, seed=settings.seed, scheme=settings.scheme,
+                              source_mpp=settings.source_mpp)
+    refs = list(patches.train)
+    if not refs:
+        raise HistogenInputError(f"No training windows in {settings.data} (after the tissue filter); check the "
+                                 "format and the tissue threshold.")
+    latents = encode_all(patches, refs, taef2, TAEF2_SHA256, run_dir / "latents",
+                         transforms=TRANSFORM_ORDER[: int(settings.transforms)], device=device, cancel=cancel,
+                         log_fn=log_fn)
+    mean, std = _latent_stats(latents)
+    return _TrainingLatents(patches=patches, refs=refs, stack=torch.cat([latents[k] for k in latents]),
+                            transforms=list(latents), mean=mean, std=std)
+
+
+def _training_record(settings: LatentTrainSettings, run_dir: Path, data: _TrainingLatents, device,
+                     amp_dtype) -> dict:
+    """What the model JSON records about its training."""
+    from ..devices import describe_device
+
+    return {"data": settings.data, "run": run_dir.name, "data_summary": data.patches.summary,
+            "device": describe_device(device), "batch_size": settings.batch_size, "lr": settings.lr,
+            "warmup": settings.warmup, "cond_drop": settings.cond_drop, "cond_drop_from": settings.cond_drop_from,
+            "ema_decay": settings.ema_decay, "seed": settings.seed, "transforms": len(data.transforms),
+            "windows": len(data.refs), "precision": "bf16" if amp_dtype is not None else "fp32",
+            "sampler": "dpmpp", "default_steps": 20, "default_guidance": settings.sample_guidance}
+
+
+class _LossLog:
+    """``log.csv``: one row every ``log_every`` steps with the window's mean losses and speed."""
+
+    def __init__(self, path: Path, batch_size: int):
+        new = not path.is_file()
+        self.file = open(path, "a", newline="")
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(["step", "loss", "mse", "lr", "seconds", "patches_per_s"])
+        self.batch_size = batch_size
+        self.t_start = self.t_window = time.perf_counter()
+        self.loss: list[float] = []
+        self.mse: list[float] = []
+
+    def add(self, loss: float, mse: float) -> None:
+        self.loss.append(loss)
+        self.mse.append(mse)
+
+    def write(self, step: int, lr: float) -> None:
+        now = time.perf_counter()
+        self.writer.writerow([step, f"{np.mean(self.loss):.5f}", f"{np.mean(self.mse):.5f}", f"{lr:.3g}",
+                              f"{now - self.t_start:.1f}",
+                              f"{len(self.loss) * self.batch_size / max(now - self.t_window, 1e-9):.2f}"])
+        self.file.flush()
+        self.loss, self.mse, self.t_window = [], [], now
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallback = None, cancel=None,
-                       log_fn=print):
-    """Train (or continue) a latent NASDM model; returns the nasdm TrainResult."""
+                       log_fn=None):
+    """Train (or continue) a latent NASDM model; returns the nasdm ``TrainResult``.
+
+    ``log_fn`` receives progress messages (default: this module's logger).
+    """
     import torch
 
     from ..devices import describe_device, resolve_device
     from ..nasdm.checkpoint import NasdmModelConfig, save_nasdm
-    from ..nasdm.condition import condition_channels, make_condition
-    from ..nasdm.data import build_patch_set, dihedral
-    from ..nasdm.train import TrainResult, _batch_indices, _check_same_run, _ema_update, _load_state, _save_state
-    from ..nasdm.train import _write_json
+    from ..nasdm.condition import condition_channels
+    from ..nasdm.train import TrainResult, _check_same_run, _ema_update, _load_state, _save_state, _write_json
     from ..progress import Cancelled
-    from .data import encode_all
     from .diffusion import LatentDiffusion, default_diffusion
     from .model import LatentNasdmNet, latent_preset
-    from .taef2 import TAEF2_SHA256, describe, load_taef2
+    from .taef2 import describe, load_taef2
 
+    log_fn = log_fn or log.info
     settings.check()
     if settings.threads:
         torch.set_num_threads(int(settings.threads))
@@ -180,29 +291,10 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
         _check_same_run(run_dir / "run.json", settings, fixed=_FIXED)
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-
-    log_fn(f"Reading {settings.data} ...")
-    patches = build_patch_set(settings.data, settings.fmt, target_mpp=settings.mpp, patch_size=settings.image_size,
-                              overlap=settings.overlap, min_tissue=settings.min_tissue,
-                              val_fraction=settings.val_fraction, seed=settings.seed, scheme=settings.scheme,
-                              source_mpp=settings.source_mpp)
-    train_refs = list(patches.train)
-    if not train_refs:
-        raise HistogenInputError(f"No training windows in {settings.data} (after the tissue filter); check the "
-                                 "format and the tissue threshold.")
-    class_ids = list(patches.class_ids)
     taef2 = load_taef2(device=device)
-    latents = encode_all(patches, train_refs, taef2, TAEF2_SHA256, run_dir / "latents",
-                         transforms=TRANSFORM_ORDER[: int(settings.transforms)], device=device, cancel=cancel, log_fn=log_fn)
-    mean, std = _latent_stats(latents)
-    n_train = len(train_refs)
-    n_items = n_train * len(latents)
-    stack = torch.cat([latents[k] for k in latents])  # item i: transform i // n_train, window i % n_train
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    transforms = list(latents)
+    data = _training_latents(settings, run_dir, taef2, device, cancel, log_fn)
 
-    net_cfg = latent_preset(settings.size, cond_channels=condition_channels(class_ids),
+    net_cfg = latent_preset(settings.size, cond_channels=condition_channels(data.class_ids),
                             latent_size=settings.image_size // 8, **settings.model_overrides)
     diffusion_cfg = default_diffusion(settings.prediction, settings.min_snr_gamma)
     diffusion = LatentDiffusion(diffusion_cfg)
@@ -212,110 +304,77 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
     model = LatentNasdmNet(net_cfg).to(device, memory_format=layout)
     ema = LatentNasdmNet(net_cfg).to(device, memory_format=layout).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    latent_info = {"autoencoder": describe(), "channels": 32, "downscale": 8, "mean": mean, "std": std}
-    model_config = NasdmModelConfig(unet=net_cfg.to_dict(), diffusion=diffusion_cfg, scheme=patches.scheme.to_dict(),
-                                    class_ids=class_ids, mpp=settings.mpp, family="latent", latent=latent_info)
+    latent_info = {"autoencoder": describe(), "channels": 32, "downscale": 8, "mean": data.mean, "std": data.std}
+    model_config = NasdmModelConfig(unet=net_cfg.to_dict(), diffusion=diffusion_cfg,
+                                    scheme=data.patches.scheme.to_dict(), class_ids=data.class_ids, mpp=settings.mpp,
+                                    family="latent", latent=latent_info)
     step = 0
     if resuming:
         step = _load_state(ckpt_dir, model, ema, optimizer, device)
         log_fn(f"Resuming {run_dir} at step {step}.")
     else:
         ema.load_state_dict(model.state_dict())
-        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": patches.summary,
+        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": data.patches.summary,
                                            "model": model_config.to_dict(), "parameters": model.n_parameters()})
-    model_config.training = {"data": settings.data, "run": run_dir.name, "data_summary": patches.summary,
-                             "device": describe_device(device), "batch_size": settings.batch_size, "lr": settings.lr,
-                             "warmup": settings.warmup, "cond_drop": settings.cond_drop,
-                             "cond_drop_from": settings.cond_drop_from, "ema_decay": settings.ema_decay,
-                             "seed": settings.seed, "transforms": len(transforms), "windows": n_train,
-                             "precision": "bf16" if amp_dtype is not None else "fp32",
-                             "sampler": "dpmpp", "default_steps": 20, "default_guidance": settings.sample_guidance}
-    log_fn(f"{model.n_parameters() / 1e6:.2f} M parameters, {n_train} training windows x {len(transforms)} "
-           f"transforms, {len(patches.val)} validation windows, classes {class_ids}, {describe_device(device)}, "
-           f"{'bf16 autocast' if amp_dtype is not None else 'fp32'}")
+    model_config.training = _training_record(settings, run_dir, data, device, amp_dtype)
+    log_fn(f"{model.n_parameters() / 1e6:.2f} M parameters, {len(data.refs)} training windows x "
+           f"{len(data.transforms)} transforms, {len(data.patches.val)} validation windows, classes "
+           f"{data.class_ids}, {describe_device(device)}, {'bf16 autocast' if amp_dtype is not None else 'fp32'}")
 
-    def batch(step_: int):
-        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step_)
-        idx = _batch_indices(step_, settings.batch_size, n_items, settings.seed)
-        z0 = (stack[idx].float() - mean_t) / std_t
-        conds = []
-        for i in idx:
-            k, w = transforms[i // n_train], i % n_train
-            _, inst, classes = patches.crop(train_refs[w])
-            conds.append(make_condition(np.ascontiguousarray(dihedral(inst, k)), classes, class_ids))
-        cond = torch.from_numpy(np.stack(conds))
-        p_drop = settings.cond_drop if step_ >= settings.cond_drop_from else 0.0
-        cond[torch.rand(len(idx), generator=gen) < p_drop] = 0
-        t = torch.randint(0, diffusion.num_timesteps, (len(idx),), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        return (z0.to(device).contiguous(memory_format=layout), cond.to(device), t.to(device),
-                noise.to(device).contiguous(memory_format=layout))
+    def save(at_step: int) -> None:
+        _save_state(ckpt_dir, model, ema, optimizer, at_step)
+        model_config.training["steps"] = at_step
+        save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
 
-    log_path = run_dir / "log.csv"
-    new_log = not log_path.is_file()
+    loss_log = _LossLog(run_dir / "log.csv", settings.batch_size)
     grids: list[Path] = []
-    t_start = time.perf_counter()
     last_loss = None
-    window_loss: list[float] = []
-    window_mse: list[float] = []
-    t_window = time.perf_counter()
     model.train()
-    with open(log_path, "a", newline="") as log_file:
-        writer = csv.writer(log_file)
-        if new_log:
-            writer.writerow(["step", "loss", "mse", "lr", "seconds", "patches_per_s"])
-        try:
-            while step < settings.steps:
-                check_cancel(cancel)
-                lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                z0, cond, t, noise = batch(step)
-                with (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                      else nullcontext()):
-                    losses = diffusion.training_loss(model, z0, t, cond, noise)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower the learning "
-                                             "rate, then resume.")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                optimizer.step()
-                _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
-                step += 1
-                last_loss = float(loss.detach())
-                window_loss.append(last_loss)
-                window_mse.append(float(losses["mse"].mean()))
-                if step % settings.log_every == 0 or step == settings.steps:
-                    elapsed = time.perf_counter() - t_window
-                    writer.writerow([step, f"{np.mean(window_loss):.5f}", f"{np.mean(window_mse):.5f}", f"{lr:.3g}",
-                                     f"{time.perf_counter() - t_start:.1f}",
-                                     f"{len(window_loss) * settings.batch_size / max(elapsed, 1e-9):.2f}"])
-                    log_file.flush()
-                    window_loss, window_mse, t_window = [], [], time.perf_counter()
-                if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    _save_state(ckpt_dir, model, ema, optimizer, step)
-                    model_config.training["steps"] = step
-                    save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
-                if step % settings.sample_every == 0 or step == settings.steps:
-                    grids.append(_sample_grid(ema, taef2, patches, list(patches.val)[:4] or train_refs[:4],
-                                              model_config, run_dir / "samples" / f"step_{step:06d}.png", settings,
-                                              device))
-                    model.train()
-                if progress is not None:
-                    progress(step, settings.steps)
-        except Cancelled:
-            log_fn(f"Stopped at step {step}; saving a checkpoint to resume from.")
-            _save_state(ckpt_dir, model, ema, optimizer, step)
-            model_config.training["steps"] = step
-            save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
+    try:
+        while step < settings.steps:
+            check_cancel(cancel)
+            lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            z0, cond, t, noise = data.batch(step, settings, diffusion.num_timesteps)
+            z0, noise = (x.to(device).contiguous(memory_format=layout) for x in (z0, noise))
+            with (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+                  else nullcontext()):
+                losses = diffusion.training_loss(model, z0, t.to(device), cond.to(device), noise)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower the learning "
+                                         "rate, then resume.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            last_loss = float(loss.detach())
+            loss_log.add(last_loss, float(losses["mse"].mean()))
+            if step % settings.log_every == 0 or step == settings.steps:
+                loss_log.write(step, lr)
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                save(step)
+            if step % settings.sample_every == 0 or step == settings.steps:
+                grids.append(_sample_grid(ema, taef2, data.patches, list(data.patches.val)[:4] or data.refs[:4],
+                                          model_config, run_dir / "samples" / f"step_{step:06d}.png", settings,
+                                          device))
+                model.train()
+            if progress is not None:
+                progress(step, settings.steps)
+    except Cancelled:
+        log_fn(f"Stopped at step {step}; saving a checkpoint to resume from.")
+        save(step)
+    finally:
+        loss_log.close()
     model_path = run_dir / "model" / "nasdm.safetensors"
     if not model_path.is_file():
         model_config.training["steps"] = step
         save_nasdm(ema, model_config, model_path)
-    return TrainResult(run_dir=run_dir, model_path=model_path, step=step, seconds=time.perf_counter() - t_start,
-                       last_loss=last_loss, sample_grids=grids)
+    return TrainResult(run_dir=run_dir, model_path=model_path, step=step,
+                       seconds=time.perf_counter() - loss_log.t_start, last_loss=last_loss, sample_grids=grids)
 
 
 def _sample_grid(ema, taef2, patches, refs, model_config, path: Path, settings: LatentTrainSettings,
