@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 
@@ -95,6 +96,7 @@ def make_latent_scheduler(sampler: str, diffusion: dict, steps: int):
     common = dict(num_train_timesteps=num_train, beta_schedule="scaled_linear",
                   beta_start=float(diffusion["beta_start"]), beta_end=float(diffusion["beta_end"]),
                   prediction_type=prediction, timestep_spacing="trailing")
+    scheduler: Any
     if sampler == "dpmpp":
         scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
                                                 final_sigmas_type="zero", **common)

@@ -21,6 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -156,9 +157,9 @@ def training_dtype(precision: str, device):
 class _TrainingLatents:
     """The training windows, their cached latents (all transforms) and the normalisation."""
 
-    patches: object  # PatchSet
+    patches: Any  # PatchSet
     refs: list
-    stack: object  # tensor (n_transforms * n_windows, C, h, w) fp16; item i: transform i // n, window i % n
+    stack: Any  # tensor (n_transforms * n_windows, C, h, w) fp16; item i: transform i // n, window i % n
     transforms: list
     mean: list
     std: list
@@ -301,8 +302,8 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
     amp_dtype = training_dtype(settings.precision, device)
     # channels-last lets oneDNN's (bf16/AMX) convolutions run without layout conversions
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model = LatentNasdmNet(net_cfg).to(device, memory_format=layout)
-    ema = LatentNasdmNet(net_cfg).to(device, memory_format=layout).requires_grad_(False)
+    model = LatentNasdmNet(net_cfg).to(device, memory_format=layout)  # type: ignore[call-overload]
+    ema = LatentNasdmNet(net_cfg).to(device, memory_format=layout).requires_grad_(False)  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     latent_info = {"autoencoder": describe(), "channels": 32, "downscale": 8, "mean": data.mean, "std": data.std}
     model_config = NasdmModelConfig(unet=net_cfg.to_dict(), diffusion=diffusion_cfg,
