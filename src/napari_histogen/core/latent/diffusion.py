@@ -126,12 +126,11 @@ def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: 
     generators : list of torch.Generator
         One CPU generator per sample (its initial noise and, for ``ddpm``, its step noise).
     """
+    from ..nasdm.sampling import per_sample_generators
+
     device = cond.device
     n = cond.shape[0]
-    if generators is None:
-        generators = [torch.Generator().manual_seed(i) for i in range(n)]
-    if len(generators) != n:
-        raise ValueError("one generator per condition is needed")
+    generators = per_sample_generators(n, generators)
     scheduler = make_latent_scheduler(sampler, diffusion, steps)
     z = torch.stack([torch.randn(latent_shape, generator=g) for g in generators]).to(device)
     z = z * float(getattr(scheduler, "init_noise_sigma", 1.0))

@@ -23,7 +23,7 @@ import torch
 from ..errors import HistogenInputError
 from ..progress import ProgressCallback, check_cancel
 
-__all__ = ["SAMPLERS", "VARIANCES", "make_scheduler", "guided_output", "sample"]
+__all__ = ["SAMPLERS", "VARIANCES", "make_scheduler", "per_sample_generators", "guided_output", "sample"]
 
 SAMPLERS = ("ddpm", "ddim")
 #: Variance of the ancestral DDPM step. "learned": the network's interpolation ``v``
@@ -54,6 +54,16 @@ def make_scheduler(sampler: str, diffusion: dict, steps: int, *, variance: str =
         raise HistogenInputError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
     scheduler.set_timesteps(int(steps))
     return scheduler
+
+
+def per_sample_generators(n: int, generators=None) -> list:
+    """One CPU generator per sample (seeds 0..n-1 when none are given), so a sample does not
+    depend on the batch it is drawn in."""
+    if generators is None:
+        return [torch.Generator().manual_seed(i) for i in range(n)]
+    if len(generators) != n:
+        raise ValueError("one generator per condition is needed")
+    return list(generators)
 
 
 def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -112,11 +122,7 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
         return model.sample(cond, steps=steps, guidance=guidance, sampler=sampler, generators=generators,
                             progress=progress, cancel=cancel, autocast_dtype=autocast_dtype).clamp(-1, 1)
     device = cond.device
-    n = cond.shape[0]
-    if generators is None:
-        generators = [torch.Generator().manual_seed(i) for i in range(n)]
-    if len(generators) != n:
-        raise ValueError("one generator per condition is needed")
+    generators = per_sample_generators(cond.shape[0], generators)
     variance = "learned" if variance is None else variance
     scheduler = make_scheduler(sampler, diffusion, steps, variance=variance)
     shape = (channels,) + tuple(cond.shape[-2:])
