@@ -102,14 +102,9 @@ class LatentTrainSettings:
     model_overrides: dict = field(default_factory=dict)
 
     def check(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise HistogenInputError("Steps and batch size must be at least 1.")
-        if not 0 <= self.cond_drop < 1:
-            raise HistogenInputError(f"Condition dropout must be in [0, 1), not {self.cond_drop}.")
-        if not 0 < self.ema_decay < 1:
-            raise HistogenInputError(f"EMA decay must be in (0, 1), not {self.ema_decay}.")
-        if self.lr <= 0:
-            raise HistogenInputError(f"Learning rate must be positive, not {self.lr}.")
+        from ..nasdm.train import check_optimisation_settings
+
+        check_optimisation_settings(self)
         if self.image_size % 8:
             raise HistogenInputError(f"The patch size must be a multiple of 8 for TAEF2, not {self.image_size}.")
         if not 1 <= int(self.transforms) <= 8:

@@ -36,6 +36,18 @@ __all__ = ["TrainSettings", "train_nasdm", "TrainResult"]
 _log = logging.getLogger(__name__)
 
 
+def check_optimisation_settings(settings) -> None:
+    """The checks every NASDM family's training settings share (steps, batch, dropout, EMA, lr)."""
+    if settings.steps < 1 or settings.batch_size < 1:
+        raise HistogenInputError("Steps and batch size must be at least 1.")
+    if not 0 <= settings.cond_drop < 1:
+        raise HistogenInputError(f"Condition dropout must be in [0, 1), not {settings.cond_drop}.")
+    if not 0 < settings.ema_decay < 1:
+        raise HistogenInputError(f"EMA decay must be in (0, 1), not {settings.ema_decay}.")
+    if settings.lr <= 0:
+        raise HistogenInputError(f"Learning rate must be positive, not {settings.lr}.")
+
+
 @dataclass
 class TrainSettings:
     """Settings of a training run (all recorded in ``run.json``).
@@ -126,14 +138,7 @@ class TrainSettings:
     model_overrides: dict = field(default_factory=dict)
 
     def check(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise HistogenInputError("Steps and batch size must be at least 1.")
-        if not 0 <= self.cond_drop < 1:
-            raise HistogenInputError(f"Condition dropout must be in [0, 1), not {self.cond_drop}.")
-        if not 0 < self.ema_decay < 1:
-            raise HistogenInputError(f"EMA decay must be in (0, 1), not {self.ema_decay}.")
-        if self.lr <= 0:
-            raise HistogenInputError(f"Learning rate must be positive, not {self.lr}.")
+        check_optimisation_settings(self)
 
 
 @dataclass
