@@ -34,7 +34,7 @@ PACKAGE = "napari_histogen"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # "" and "core": the package roots (the version string; no imports)
-    ("foundation", ("", "core", "core.errors", "core.progress", "core.provenance", "core.devices", "core.schemes")),
+    ("foundation", ("", "_about", "core", "core.errors", "core.progress", "core.provenance", "core.devices", "core.schemes")),
     ("domain", ("core.images", "core.masks", "core.points", "core.render")),
     ("io", ("core.io",)),
     ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics")),
