@@ -86,8 +86,8 @@ def cmd_synthesize_nasdm(args) -> int:
            f"at {info['mpp']:g} µm/px, device {engine.device}.")
     bar = ProgressBar("synthesis", "step")
     try:
-        report = synthesize_masks(paths, args.out, engine, request, tile=args.tile, scheme=args.scheme, progress=bar,
-                                  log=eprint)
+        report = synthesize_masks(paths, args.out, engine, request, tile=args.tile, scheme=args.scheme,
+                                  mask_batch=args.mask_batch, progress=bar, log=eprint)
     finally:
         bar.close()
     return report_batch(report, args.out, "mask(s)")
@@ -167,6 +167,9 @@ def add_nasdm_parser(engines) -> None:
                    help="variance of the DDPM step (default: the model's recommended one)")
     p.add_argument("--seed", type=seed_int, default=d["seed"], help="sample k uses seed + k")
     p.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
+    p.add_argument("--mask-batch", type=positive_int, default=None,
+                   help="masks of a folder sampled together, their samples sharing network batches of --batch-size "
+                        "(same images, faster); default batch-size // n, 1 = one mask at a time")
     p.add_argument("--tile", action="store_true", help="cut masks larger than the model's patch into tiles")
     p.add_argument("--scheme", default=None, help="class scheme for mask files that do not record one")
     add_device_options(p)

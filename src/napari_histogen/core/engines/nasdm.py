@@ -303,6 +303,137 @@ class NasdmEngine:
         return results
 
 
+    def run_many(self, requests, *, progress: ProgressCallback = None,
+                 cancel: CancelFlag = None) -> list:
+        """Synthesize for several masks at once: the samples of all masks share network batches.
+
+        Each request gets the images :meth:`run` gives it alone: sample ``k`` of a request uses
+        seed ``request.seed + k`` whatever else is in its batch (one noise generator per sample,
+        masks smaller than the patch padded with background as in :meth:`run`). Requests with the
+        same sampling settings (steps, guidance, sampler, variance, batch size) are batched
+        together, ``batch_size`` images per network call; a mask the sampler cannot batch (larger
+        than the model's patch) is run alone with :meth:`run`.
+
+        Returns
+        -------
+        list
+            One entry per request, in order: its list of :class:`SynthesisResult`, or the
+            :class:`HistogenInputError` that refused it (the other requests still run).
+
+        Raises
+        ------
+        Cancelled
+            ``cancel`` was set; no result is returned.
+        """
+        import torch
+
+        from ..nasdm.condition import make_condition
+        from ..nasdm.render import to_uint8_image
+        from ..nasdm.sampling import sample
+
+        if self.loaded is None:
+            raise HistogenInputError("This engine was freed; create a new one.")
+        size = self.config.image_size
+        out: list[Any] = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, NasdmRequest, NucleiMask, list[str]]]] = {}
+        alone: list[int] = []
+        for i, request in enumerate(requests):
+            try:
+                request, settings = self._resolved(request)
+                assert request.nuclei is not None  # check() refuses a request without a mask
+                mask, notes = prepare_mask(request.nuclei, self.config, resample=request.resample)
+            except HistogenInputError as err:
+                out[i] = err
+                continue
+            if mask.shape[0] > size or mask.shape[1] > size:
+                alone.append(i)
+                continue
+            groups.setdefault(settings + (int(request.batch_size),), []).append((i, request, mask, notes))
+        plans = []  # (settings, jobs as (group position, sample index), batch size)
+        for key, members in groups.items():
+            jobs = [(m, k) for m, (_, req, _, _) in enumerate(members) for k in range(int(req.n_samples))]
+            bs = key[-1]
+            plans.append((key, members, [jobs[j: j + bs] for j in range(0, len(jobs), bs)]))
+        total = sum(len(batches) * key[0] for key, _, batches in plans) or 1
+        done = 0
+        for (steps, guidance, sampler, variance, _bs), members, batches in plans:
+            conds = []
+            for _i, _req, mask, notes in members:
+                h, w = mask.shape
+                padded = np.zeros((size, size), np.int32)
+                padded[:h, :w] = mask.instances
+                if (h, w) != (size, size):
+                    notes.append(f"The {w}x{h} px mask was padded with background to {size}x{size} for the model.")
+                conds.append(torch.from_numpy(make_condition(padded, mask.classes, self.config.class_ids)))
+            images: list[list[np.ndarray]] = [[] for _ in members]
+            for batch in batches:
+                check_cancel(cancel)
+                cond = torch.stack([conds[m] for m, _ in batch]).to(self.device)
+                gens = [torch.Generator().manual_seed(int(members[m][1].seed) + k) for m, k in batch]
+                drawn = sample(self.loaded.model, cond, self.config.diffusion, steps=steps, guidance=guidance,
+                               sampler=sampler, generators=gens, progress=sub_progress(progress, done, total),
+                               cancel=cancel, autocast_dtype=self.autocast_dtype, variance=variance)
+                done += steps
+                for (m, _k), img in zip(batch, drawn):
+                    h, w = members[m][2].shape
+                    images[m].append(to_uint8_image(img)[:h, :w])
+            for m, (i, req, mask, notes) in enumerate(members):
+                out[i] = self._results(req, mask, notes, images[m], (steps, guidance, sampler, variance))
+        for i in alone:
+            try:
+                out[i] = self.run(requests[i], cancel=cancel)
+            except HistogenInputError as err:
+                out[i] = err
+        return out
+
+    def _resolved(self, request: NasdmRequest) -> tuple[NasdmRequest, tuple]:
+        """The request checked, and its ``(steps, guidance, sampler, variance)`` with the model's
+        recommendations filled in (as :meth:`run` does)."""
+        request.check()
+        rec = self.recommended()
+        guidance = float(rec["guidance"] if request.guidance is None else request.guidance)
+        sampler = str(request.sampler or rec["sampler"])
+        if getattr(self.config, "family", "pixel") == "pixel" and sampler == "dpmpp":
+            raise HistogenInputError("The DPM-Solver++ sampler is for latent NASDM models; choose ddpm or ddim "
+                                     "for this pixel model.")
+        steps = int(request.steps or rec["steps"] or default_steps(self.device))
+        variance = str(request.variance or rec["variance"])
+        return request, (steps, guidance, sampler, variance)
+
+    def _results(self, request: NasdmRequest, mask: NucleiMask, notes: list[str], images: list[np.ndarray],
+                 settings: tuple) -> list[SynthesisResult]:
+        """Results with provenance for the images of one request (as :meth:`run` makes them)."""
+        from ..devices import describe_device
+
+        steps, guidance, sampler, variance = settings
+        original = request.nuclei
+        assert original is not None
+        notes = list(notes)
+        if original.mpp is not None and mask is not original and original.mpp > float(self.config.mpp) * 1.1:
+            from ..images import resize_image
+
+            images = [resize_image(img, original.shape) for img in images]
+            notes.append(f"The images were made at {self.config.mpp:g} µm/px and brought back to the mask's "
+                         f"{original.mpp:g} µm/px.")
+            mask = original
+        mask_hash = array_sha256(mask.instances)
+        results = []
+        for k, image in enumerate(images):
+            prov = make_provenance(
+                "nasdm synthesis", engine=ENGINE_NAME, model=self.model_spec,
+                model_file=self.loaded.weights_path.name, model_sha256=self.loaded.sha256,
+                model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
+                steps=steps, guidance=guidance, sampler=sampler, variance=variance,
+                seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
+                mask_sha256=mask_hash, mask_shape=list(mask.shape), mpp=mask.mpp or self.config.mpp,
+                model_mpp=self.config.mpp,
+                device=describe_device(self.device),
+                precision=str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
+                notes=list(notes))
+            results.append(SynthesisResult(image=image, mask=mask, provenance=prov, notes=list(notes)))
+        return results
+
+
 def recommended_settings(config, device=None) -> dict:
     """``{"steps", "guidance", "sampler", "variance"}`` a model recommends (from its training record).
 
