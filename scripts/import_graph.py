@@ -9,7 +9,7 @@ The layers, lowest first (a module may import its own layer and the ones below i
 
 =====  ============  ===================================================================
  0     foundation    the package roots, core.errors, core.progress, core.provenance, core.devices, core.schemes
- 1     domain        core.images, core.masks, core.points, core.render
+ 1     domain        core.images, core.masks, core.points, core.render, core.scheme_maps, core.crops
  2     io            core.io
  3     models        core.diffusion, core.nasdm, core.latent, core.transfer, core.models,
                      core.metrics (model code and its numerics; one package per family)
@@ -35,7 +35,7 @@ PACKAGE = "napari_histogen"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # "" and "core": the package roots (the version string; no imports)
     ("foundation", ("", "_about", "core", "core.errors", "core.progress", "core.provenance", "core.devices", "core.schemes")),
-    ("domain", ("core.images", "core.masks", "core.points", "core.render")),
+    ("domain", ("core.images", "core.masks", "core.points", "core.render", "core.scheme_maps", "core.crops")),
     ("io", ("core.io",)),
     ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics")),
     ("engines", ("core.engines",)),

@@ -1,9 +1,9 @@
 """Class schemes: the named lists of (id, name, colour) that nuclei and tissue masks use.
 
 Built-in schemes follow the datasets pathologists know (Lizard/CoNIC, CoNSeP, PanNuke,
-NuCLS) and the tissue classes of IHC appearance transfer. User-defined schemes are small
-JSON or YAML files; those saved in the scheme folder (``$HISTOGEN_HOME/schemes``) are listed
-next to the built-in ones.
+NuCLS), QuPath's default classes, and the tissue classes of IHC appearance transfer.
+User-defined schemes are small JSON or YAML files; those saved in the scheme folder
+(``$HISTOGEN_HOME/schemes``) are listed next to the built-in ones.
 
 Class id 0 is never a class: it is background in every mask. In a nuclei mask an instance
 whose class is not known yet has class 0, shown as :data:`UNCLASSIFIED_COLOR`.
@@ -266,6 +266,25 @@ BUILTIN_SCHEMES: dict[str, ClassScheme] = {
                 (2, "nonTIL_stromal", (0, 190, 80), 12.0, 2.5),
                 (3, "sTIL", (30, 110, 255), 11.0, 1.1),
                 (4, "other_nucleus", (255, 215, 0), 12.0, 1.3),
+            ],
+        ),
+        # QuPath's standard classes and colours: PathClass.StandardPathClasses and the
+        # COLOR_POSITIVE / COLOR_NEGATIVE constants in qupath-core's
+        # qupath/lib/objects/classes/PathClass.java (QuPath 0.4+). "Region*" and "Ignore*"
+        # are left out: QuPath uses them for areas (regions to analyse, background to
+        # skip), never for a cell or nucleus; the intensity classes 1+/2+/3+ likewise.
+        _scheme(
+            "qupath",
+            "nuclei",
+            "QuPath's default classes and colours (cell detections exported as GeoJSON)",
+            [
+                (1, "Tumor", (200, 0, 0), 24.0, 1.4),
+                (2, "Stroma", (150, 200, 150), 12.0, 2.5),
+                (3, "Immune cells", (160, 90, 160), 11.0, 1.1),
+                (4, "Necrosis", (50, 50, 50), 8.0, 1.2),
+                (5, "Other", (255, 200, 0), 12.0, 1.3),
+                (6, "Positive", (200, 50, 50), 15.0, 1.3),
+                (7, "Negative", (90, 90, 180), 15.0, 1.3),
             ],
         ),
         _scheme(

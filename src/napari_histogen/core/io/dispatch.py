@@ -40,7 +40,7 @@ def _image_for_mask(mask_path: Path) -> Path | None:
     return None
 
 
-def read_annotated(path, *, index: int | None = None, scheme=None) -> AnnotatedImage:
+def read_annotated(path, *, index: int | None = None, scheme=None, class_map=None) -> AnnotatedImage:
     """Open an annotated image in any supported format.
 
     Parameters
@@ -60,6 +60,9 @@ def read_annotated(path, *, index: int | None = None, scheme=None) -> AnnotatedI
         Patch index for dataset arrays (overrides ``::N``).
     scheme : str or ClassScheme, optional
         Class scheme for formats that do not record one (image + mask pairs, GeoJSON).
+    class_map : mapping of str to str, optional
+        GeoJSON only: class name in the file -> class name of the scheme (see
+        :func:`~napari_histogen.core.io.geojson.read_geojson`).
     """
     base, suffix_index = split_index(path)
     index = index if index is not None else suffix_index
@@ -73,7 +76,10 @@ def read_annotated(path, *, index: int | None = None, scheme=None) -> AnnotatedI
     if name.endswith(".geojson") or name.endswith(".json"):
         from .geojson import read_geojson
 
-        return read_geojson(base, scheme=scheme)
+        return read_geojson(base, scheme=scheme, class_map=class_map)
+    if class_map:
+        raise HistogenInputError(f"{base.name}: a class map applies to GeoJSON files (class names); for other "
+                                 "formats convert the scheme instead (histogen convert-scheme).")
     if name.endswith(".mat"):
         from ._matfile import load_mat
 

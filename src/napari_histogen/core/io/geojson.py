@@ -34,7 +34,7 @@ from .annotated import AnnotatedImage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["nuclei_to_geojson", "write_geojson", "read_geojson"]
+__all__ = ["nuclei_to_geojson", "write_geojson", "read_geojson", "geojson_class_names"]
 
 _FORMAT = "napari-histogen nuclei"
 _FORMAT_VERSION = 1
@@ -297,7 +297,7 @@ def _simplify(pts: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------
-def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
+def read_geojson(path, shape=None, scheme=None, class_map: Mapping[str, str] | None = None) -> AnnotatedImage:
     """Read nuclei from a GeoJSON file of :func:`write_geojson` or a QuPath export.
 
     Parameters
@@ -318,6 +318,11 @@ def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
         Scheme to resolve ``classification.name`` with. A scheme stored in the file
         takes precedence. Without either, the one known scheme that has all the
         class names found is used (``consep`` when nothing is classified).
+    class_map : mapping of str to str, optional
+        Class name in the file -> class name of the scheme (or ``"unclassified"``), applied
+        before the scheme is resolved: how a QuPath export's ``Tumor`` becomes ``epithelial``.
+        Names are matched case-insensitively; entries for names the file lacks are ignored.
+        The map is recorded in the provenance.
 
     Returns
     -------
@@ -334,42 +339,23 @@ def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
     HistogenInputError
         No such file; no nuclei and no size; a size conflicting with the stored one.
     UnknownClassError
-        Class names that the scheme does not define (the message lists them).
+        Class names that the scheme does not define (the message lists them), or a class map
+        naming a class the scheme lacks.
     CorruptFileError
         Not JSON, or not GeoJSON features with polygon coordinates.
     """
     path = Path(path)
-    if not path.is_file():
-        raise HistogenInputError(f"No file at {path}.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CorruptFileError(f"{path.name} is not valid JSON ({err}); is it a GeoJSON export?") from None
-    except RecursionError:
-        raise CorruptFileError(f"{path.name} is nested too deeply to be GeoJSON (a damaged or hostile file).") from None
-
-    features, stored = _features(data, path)
-    nuclei_like = []
-    annotations = []
-    for index, feature in enumerate(features):
-        kind, geometry = _kind_and_geometry(feature, index, path)
-        if kind in ("detection", "cell"):
-            nuclei_like.append((index, feature, geometry))
-        elif kind == "annotation":
-            annotations.append((index, feature, geometry))
-    chosen = nuclei_like or annotations
-
+    features, stored = _load(path)
     parsed = []  # (feature index, properties, polygons)
-    for index, feature, geometry in chosen:
+    for index, feature, geometry in _nuclei_features(features, path):
         polygons = _polygons(geometry, index, path)
         if polygons:
             parsed.append((index, feature.get("properties") or {}, polygons))
 
-    scheme_obj = _resolve_scheme(stored, scheme, [_class_name(props) for _, props, _ in parsed], path)
-    class_ids = []
-    for index, props, _ in parsed:
-        name = _class_name(props)
-        class_ids.append(UNCLASSIFIED if name is None else scheme_obj.id_of(name))
+    renamed = _renamer(class_map)
+    names = [renamed(_class_name(props)) for _, props, _ in parsed]
+    scheme_obj = _resolve_scheme(stored, scheme, names, path)
+    class_ids = [UNCLASSIFIED if name is None else scheme_obj.id_of(name) for name in names]
 
     offset = None
     if shape is None and stored.get("shape") is None:
@@ -405,6 +391,8 @@ def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
     provenance = stored.get("provenance")
     if not isinstance(provenance, dict):
         provenance = {"file": str(path), "format": "GeoJSON"}
+    if class_map:
+        provenance = {**provenance, "class_map": {str(k): str(v) for k, v in class_map.items()}}
     if offset is not None:
         provenance = {**provenance, "offset_xy": [int(offset[0]), int(offset[1])],
                       "note": f"slide coordinates: cropped to the outlines' bounding box from x={offset[0]}, "
@@ -412,6 +400,65 @@ def read_geojson(path, shape=None, scheme=None) -> AnnotatedImage:
         logger.info("%s: outlines in slide coordinates; cropped to their bounding box from x=%d, y=%d",
                     path.name, offset[0], offset[1])
     return AnnotatedImage(name=_stem(path), nuclei=nuclei, mpp=nuclei.mpp, provenance=provenance)
+
+
+def geojson_class_names(path) -> list[str]:
+    """The class names (``classification.name``) of the nuclei in a GeoJSON file, sorted.
+
+    The features counted are those :func:`read_geojson` reads as nuclei; unclassified ones
+    add no name. Lets a caller build a class map before reading the file.
+    """
+    path = Path(path)
+    features, _ = _load(path)
+    names = set()
+    for _, feature, _ in _nuclei_features(features, path):
+        name = _class_name(feature.get("properties") or {})
+        if name is not None:
+            names.add(name)
+    return sorted(names, key=str.lower)
+
+
+def _load(path: Path) -> tuple[list, dict]:
+    """The features and the histogen member of the GeoJSON file ``path``."""
+    if not path.is_file():
+        raise HistogenInputError(f"No file at {path}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CorruptFileError(f"{path.name} is not valid JSON ({err}); is it a GeoJSON export?") from None
+    except RecursionError:
+        raise CorruptFileError(f"{path.name} is nested too deeply to be GeoJSON (a damaged or hostile file).") from None
+    return _features(data, path)
+
+
+def _nuclei_features(features: list, path: Path) -> list:
+    """``(index, feature, geometry)`` of the features that are nuclei (see :func:`read_geojson`)."""
+    nuclei_like = []
+    annotations = []
+    for index, feature in enumerate(features):
+        kind, geometry = _kind_and_geometry(feature, index, path)
+        if kind in ("detection", "cell"):
+            nuclei_like.append((index, feature, geometry))
+        elif kind == "annotation":
+            annotations.append((index, feature, geometry))
+    return nuclei_like or annotations
+
+
+def _renamer(class_map: Mapping[str, str] | None):
+    """Function: class name in the file -> name after the class map (None = unclassified)."""
+    lookup = {str(k).strip().lower(): str(v).strip() for k, v in (class_map or {}).items()}
+
+    def rename(name: str | None) -> str | None:
+        if name is None:
+            return None
+        new = lookup.get(name.lower(), name)
+        return None if new.lower() in ("", "unclassified") else new
+
+    return rename
+
+
+_MAP_HINT = ("Or map them to the scheme's classes: --class-map \"NAME=CLASS,...\" on the command line, "
+             "the class table in the annotate dock.")
 
 
 def _stem(path: Path) -> str:
@@ -535,6 +582,9 @@ def _resolve_scheme(stored: dict, scheme, names: list, path: Path) -> ClassSchem
     else:
         wanted = {n.lower() for n in found}
         fits = [s for s in list_schemes("nuclei").values() if wanted <= {c.lower() for c in s.names}]
+        exact = [s for s in fits if set(found) <= set(s.names)]
+        if len(fits) > 1 and len(exact) == 1:  # QuPath's "Other" and CoNSeP's "other": the spelling decides
+            fits = exact
         if len(fits) == 1:
             return fits[0]
         hint = (
@@ -543,7 +593,7 @@ def _resolve_scheme(stored: dict, scheme, names: list, path: Path) -> ClassSchem
             else "No known scheme has them all; define a scheme with these classes."
         )
         raise UnknownClassError(
-            f"{path.name} uses the classes {', '.join(found)}. {hint} Then read it with that scheme."
+            f"{path.name} uses the classes {', '.join(found)}. {hint} Then read it with that scheme. {_MAP_HINT}"
         )
     if chosen.kind != "nuclei":
         raise HistogenInputError(f"Scheme '{chosen.name}' is a {chosen.kind} scheme; nuclei need a nuclei scheme.")
@@ -553,7 +603,8 @@ def _resolve_scheme(stored: dict, scheme, names: list, path: Path) -> ClassSchem
         raise UnknownClassError(
             f"{path.name} uses the classes {', '.join(found)}, of which {', '.join(unknown)} "
             f"are not in scheme '{chosen.name}' ({', '.join(chosen.names)}). "
-            "Choose the scheme the nuclei were classified with, or define one with these classes."
+            "Choose the scheme the nuclei were classified with, or define one with these classes. "
+            + _MAP_HINT
         )
     return chosen
 
