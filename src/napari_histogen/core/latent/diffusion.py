@@ -12,6 +12,9 @@
   DPM-Solver++; ``ddim``; ``ddpm`` = ancestral with fixed small variance) with
   classifier-free guidance in the NASDM paper's form ``out(y) + s (out(y) - out(null))``
   (the reference code's ``s' = 1 + s``), cond and null in one batched forward.
+- Latents larger than the model's latent tile are sampled with patch-wise timestep tracking
+  (:mod:`napari_histogen.core.diffusion.tiled`): guided outputs per tile with the tile's
+  condition crop, recombined with a weight map, one scheduler step for the whole canvas.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import Any
 
 import torch
 
+from ..diffusion.tiled import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH, canvas_output, n_canvas_tiles
 from ..errors import HistogenInputError
 from ..progress import ProgressCallback, check_cancel
 
-__all__ = ["LATENT_SAMPLERS", "default_diffusion", "LatentDiffusion", "make_latent_scheduler", "sample_latents"]
+__all__ = ["LATENT_SAMPLERS", "default_diffusion", "LatentDiffusion", "make_latent_scheduler", "sample_latents",
+           "guided_latent_output"]
 
 LATENT_SAMPLERS = ("dpmpp", "ddim", "ddpm")
 PREDICTIONS = ("v", "epsilon")
@@ -113,7 +118,9 @@ def make_latent_scheduler(sampler: str, diffusion: dict, steps: int):
 
 def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: tuple, steps: int = 25,
                    guidance: float = 1.0, sampler: str = "dpmpp", generators=None,
-                   progress: ProgressCallback = None, cancel=None, autocast_dtype=None) -> torch.Tensor:
+                   progress: ProgressCallback = None, cancel=None, autocast_dtype=None, tile: int | None = None,
+                   tile_overlap: float = DEFAULT_OVERLAP, tile_batch: int = DEFAULT_TILE_BATCH,
+                   tile_weight: str = "pathup") -> torch.Tensor:
     """Draw one normalised latent per condition (see the module docstring for the options).
 
     Parameters
@@ -125,6 +132,12 @@ def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: 
         ``(C, h, w)`` of one latent.
     generators : list of torch.Generator
         One CPU generator per sample (its initial noise and, for ``ddpm``, its step noise).
+    tile : int, optional
+        The model's latent size: a larger ``latent_shape`` is sampled in overlapping tiles of
+        this size (None, or exactly one tile: one network call for the whole latent).
+    tile_overlap, tile_batch, tile_weight
+        See :func:`~napari_histogen.core.diffusion.tiled.tiled_output`; progress then counts
+        tiles x steps.
     """
     from ..nasdm.sampling import per_sample_generators
 
@@ -134,23 +147,40 @@ def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: 
     scheduler = make_latent_scheduler(sampler, diffusion, steps)
     z = torch.stack([torch.randn(latent_shape, generator=g) for g in generators]).to(device)
     z = z * float(getattr(scheduler, "init_noise_sigma", 1.0))
-    null = torch.zeros_like(cond)
     amp = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else nullcontext())
     timesteps = scheduler.timesteps
+    n_tiles = n_canvas_tiles(latent_shape[1], latent_shape[2], tile, tile_overlap)
+    total = len(timesteps) * n_tiles
+    scale = cond.shape[-1] // latent_shape[2]
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             check_cancel(cancel)
-            tt = t.to(device).expand(n)
-            with amp:
-                if guidance == 0:
-                    out = model(z, tt, cond).float()
-                else:
-                    both = model(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([cond, null])).float()
-                    out_c, out_u = both[:n], both[n:]
-                    out = out_c + guidance * (out_c - out_u)
+            t_dev = t.to(device)
+
+            def denoise(z_part, cond_part, t_dev=t_dev):
+                with amp:
+                    return guided_latent_output(model, z_part, t_dev, cond_part, guidance)
+
+            def tiles_done(done, i=i):
+                if progress is not None and n_tiles > 1:
+                    progress(i * n_tiles + done, total)
+
+            out = canvas_output(denoise, z, cond, tile=tile, overlap=tile_overlap, scale=scale, weight=tile_weight,
+                                tile_batch=tile_batch, cancel=cancel, on_tiles=tiles_done)
             kwargs = {"generator": list(generators)} if sampler == "ddpm" else {}
             z = scheduler.step(out, t, z, **kwargs).prev_sample
-            if progress is not None:
-                progress(i + 1, len(timesteps))
+            if progress is not None and n_tiles == 1:
+                progress(i + 1, total)
     return z
+
+
+def guided_latent_output(model, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Network output with classifier-free guidance ``out(y) + s (out(y) - out(null))``, one batched forward."""
+    n = z.shape[0]
+    tt = t.expand(n) if t.ndim == 0 else t
+    if guidance == 0:
+        return model(z, tt, cond).float()
+    both = model(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)])).float()
+    out_c, out_u = both[:n], both[n:]
+    return out_c + guidance * (out_c - out_u)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..diffusion.tiled import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH
+from ..errors import HistogenInputError
 from ..progress import ProgressCallback
 from .diffusion import LATENT_SAMPLERS, sample_latents
 
@@ -18,6 +20,10 @@ __all__ = ["LatentModel", "decode_latents", "DEFAULT_SAMPLER", "DEFAULT_STEPS"]
 
 DEFAULT_SAMPLER = "dpmpp"
 DEFAULT_STEPS = 20
+#: latent pixels per side decoded at once (plus margins) on large canvases
+DECODE_TILE = 128
+#: latent pixels decoded around each window and cut off (the decoder's reach)
+DECODE_MARGIN = 24
 
 
 class LatentModel:
@@ -52,29 +58,58 @@ class LatentModel:
 
     def sample_latents(self, cond: torch.Tensor, *, steps: int, guidance: float, sampler: str = DEFAULT_SAMPLER,
                        generators=None, progress: ProgressCallback = None, cancel=None,
-                       autocast_dtype=None) -> torch.Tensor:
+                       autocast_dtype=None, tile: int | None = None, tile_overlap: float = DEFAULT_OVERLAP,
+                       tile_batch: int = DEFAULT_TILE_BATCH, tile_weight: str = "pathup") -> torch.Tensor:
+        """Normalised latents for ``cond``; ``tile`` (pixels, the model's patch) tiles a larger canvas."""
         cfg = self.net.config
-        shape = (int(cfg.unet["in_channels"]), cond.shape[-2] // cfg.downscale, cond.shape[-1] // cfg.downscale)
+        d = int(cfg.downscale)
+        if cond.shape[-2] % d or cond.shape[-1] % d:
+            raise HistogenInputError(f"A latent model needs condition sides divisible by {d}, not "
+                                     f"{tuple(cond.shape[-2:])}; pad the mask.")
+        shape = (int(cfg.unet["in_channels"]), cond.shape[-2] // d, cond.shape[-1] // d)
         return sample_latents(self.net, cond, self.config.diffusion, latent_shape=shape, steps=steps,
                               guidance=guidance, sampler=sampler, generators=generators, progress=progress,
-                              cancel=cancel, autocast_dtype=autocast_dtype)
+                              cancel=cancel, autocast_dtype=autocast_dtype,
+                              tile=None if tile is None else int(tile) // d, tile_overlap=tile_overlap,
+                              tile_batch=tile_batch, tile_weight=tile_weight)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised latents -> RGB in [0, 1] ``(N, 3, H, W)`` float32."""
+        """Normalised latents -> RGB in [0, 1] ``(N, 3, H, W)`` float32.
+
+        Latents larger than :data:`DECODE_TILE` per side are decoded in overlapping windows
+        whose margins (:data:`DECODE_MARGIN` latent pixels, about the decoder's receptive
+        field) are cut off, so memory stays bounded on large canvases.
+        """
         with torch.inference_mode():
             z = z.float() * self.std.to(z.device) + self.mean.to(z.device)
             dtype = next(self.taef2.parameters()).dtype
-            return self.taef2.decode(z.to(dtype)).float()
+            h, w = z.shape[-2:]
+            if max(h, w) <= DECODE_TILE + 2 * DECODE_MARGIN:
+                return self.taef2.decode(z.to(dtype)).float()
+            d = int(self.net.config.downscale)
+            out = torch.empty((z.shape[0], 3, h * d, w * d), dtype=torch.float32, device=z.device)
+            for r in range(0, h, DECODE_TILE):
+                for c in range(0, w, DECODE_TILE):
+                    r0, c0 = max(0, r - DECODE_MARGIN), max(0, c - DECODE_MARGIN)
+                    r1, c1 = min(h, r + DECODE_TILE + DECODE_MARGIN), min(w, c + DECODE_TILE + DECODE_MARGIN)
+                    rgb = self.taef2.decode(z[:, :, r0:r1, c0:c1].to(dtype)).float()
+                    rh, cw = min(DECODE_TILE, h - r), min(DECODE_TILE, w - c)
+                    out[:, :, r * d:(r + rh) * d, c * d:(c + cw) * d] = \
+                        rgb[:, :, (r - r0) * d:(r - r0 + rh) * d, (c - c0) * d:(c - c0 + cw) * d]
+            return out
 
     def sample(self, cond: torch.Tensor, *, steps=None, guidance=None, sampler=None, generators=None,
-               progress: ProgressCallback = None, cancel=None, autocast_dtype=None) -> torch.Tensor:
+               progress: ProgressCallback = None, cancel=None, autocast_dtype=None, tile: int | None = None,
+               tile_overlap: float = DEFAULT_OVERLAP, tile_batch: int = DEFAULT_TILE_BATCH,
+               tile_weight: str = "pathup") -> torch.Tensor:
         """RGB samples in [-1, 1] ``(N, 3, H, W)``, as pixel NASDM's :func:`sample` returns."""
         rec = self.recommended
         sampler = rec["sampler"] if sampler in (None, "", "auto") or sampler not in LATENT_SAMPLERS else sampler
         z = self.sample_latents(cond, steps=int(steps or rec["steps"]),
                                 guidance=rec["guidance"] if guidance is None else float(guidance), sampler=sampler,
                                 generators=generators, progress=progress, cancel=cancel,
-                                autocast_dtype=autocast_dtype)
+                                autocast_dtype=autocast_dtype, tile=tile, tile_overlap=tile_overlap,
+                                tile_batch=tile_batch, tile_weight=tile_weight)
         return self.decode(z) * 2 - 1
 
 

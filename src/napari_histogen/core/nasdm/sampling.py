@@ -12,6 +12,9 @@
   noisier DDIM samples with this kind of model.
 - Every sample has its own ``torch.Generator`` (seed + index), so a sample does not depend
   on the batch it was drawn in.
+- A condition larger than the model's tile (``tile``) is sampled with patch-wise timestep
+  tracking (:mod:`napari_histogen.core.diffusion.tiled`): guided outputs per tile, recombined
+  with a weight map, one scheduler step for the whole canvas.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ..diffusion.tiled import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH, canvas_output, n_canvas_tiles
 from ..errors import HistogenInputError
 from ..progress import ProgressCallback, check_cancel
 
@@ -86,7 +90,9 @@ def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, g
 
 def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guidance: float = 1.5,
            sampler: str = "ddpm", generators=None, progress: ProgressCallback = None, cancel=None,
-           autocast_dtype=None, channels: int = 3, variance: str | None = None) -> torch.Tensor:
+           autocast_dtype=None, channels: int = 3, variance: str | None = None, tile: int | None = None,
+           tile_overlap: float = DEFAULT_OVERLAP, tile_batch: int = DEFAULT_TILE_BATCH,
+           tile_weight: str = "pathup") -> torch.Tensor:
     """Draw one image per condition.
 
     Parameters
@@ -113,6 +119,13 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
         Checked before every step; raises :class:`~napari_histogen.core.progress.Cancelled`.
     autocast_dtype : torch.dtype, optional
         bf16/fp16 autocast for the network on CUDA.
+    tile : int, optional
+        The model's native patch size in pixels. A larger condition is sampled in overlapping
+        tiles of this size (PathUp patch-wise timestep tracking); None or a condition of
+        exactly one tile: the whole condition in one network call.
+    tile_overlap, tile_batch, tile_weight
+        Overlap (fraction of a tile), tiles per network call and weight map of the tiling
+        (see :mod:`~napari_histogen.core.diffusion.tiled`); progress then counts tiles x steps.
 
     Returns
     -------
@@ -120,7 +133,8 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
     """
     if getattr(model, "is_latent", False):  # latent NASDM: its own sampler, decoded to RGB
         return model.sample(cond, steps=steps, guidance=guidance, sampler=sampler, generators=generators,
-                            progress=progress, cancel=cancel, autocast_dtype=autocast_dtype).clamp(-1, 1)
+                            progress=progress, cancel=cancel, autocast_dtype=autocast_dtype, tile=tile,
+                            tile_overlap=tile_overlap, tile_batch=tile_batch, tile_weight=tile_weight).clamp(-1, 1)
     device = cond.device
     generators = per_sample_generators(cond.shape[0], generators)
     variance = "learned" if variance is None else variance
@@ -128,20 +142,31 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
     shape = (channels,) + tuple(cond.shape[-2:])
     x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
     timesteps = scheduler.timesteps
-    total = len(timesteps)
+    n_tiles = n_canvas_tiles(shape[1], shape[2], tile, tile_overlap)
+    total = len(timesteps) * n_tiles
     amp = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else nullcontext())
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             check_cancel(cancel)
-            with amp:
-                out = guided_output(model, x, t.to(device), cond, guidance)
+            t_dev = t.to(device)
+
+            def denoise(x_part, cond_part, t_dev=t_dev):
+                with amp:
+                    return guided_output(model, x_part, t_dev, cond_part, guidance)
+
+            def tiles_done(done, i=i):
+                if progress is not None and n_tiles > 1:
+                    progress(i * n_tiles + done, total)
+
+            out = canvas_output(denoise, x, cond, tile=tile, overlap=tile_overlap, weight=tile_weight,
+                                tile_batch=tile_batch, cancel=cancel, on_tiles=tiles_done)
             if sampler == "ddpm":
                 # one noise draw per sample, from its own generator (diffusers draws per batch item)
                 step_out = out if variance == "learned" else out[:, :channels]
                 x = scheduler.step(step_out, int(t), x, generator=list(generators)).prev_sample
             else:
                 x = scheduler.step(out[:, :channels], int(t), x, eta=0.0).prev_sample
-            if progress is not None:
+            if progress is not None and n_tiles == 1:
                 progress(i + 1, total)
     return x.clamp(-1, 1)
