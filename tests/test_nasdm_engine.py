@@ -66,7 +66,8 @@ def test_40x_mask_is_resampled_to_the_model_scale(engine):
 @pytest.mark.parametrize("mask, message", [
     (lambda: NucleiMask.create(np.zeros((32, 32), np.int32), {}, "consep", mpp=0.5), "empty"),
     (lambda: _mask(scheme="lizard"), "trained on 'consep'"),
-    (lambda: _mask(shape=(64, 64)), "Crop"),
+    (lambda: NucleiMask.create(np.pad(_mask().instances, ((0, 4200), (0, 0))), {4: 3, 7: 2, 9: 4}, "consep",
+                               mpp=0.5), "4096x4096 px limit"),
     (lambda: NucleiMask.create(_mask().instances, {4: 3}, "consep", mpp=0.5), "no class"),
 ])
 def test_bad_masks_get_clear_messages(engine, mask, message):

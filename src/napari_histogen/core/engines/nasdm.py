@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..diffusion.tiled import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH, WEIGHTS
 from ..errors import HistogenInputError
 from ..masks import NucleiMask, resample_nuclei
 from ..progress import ProgressCallback, check_cancel, sub_progress
@@ -37,6 +38,11 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp")
 VARIANCES = ("learned", "fixed_small")
 #: guidance of pixel models whose record names none (NASDM paper form, eq. 7)
 DEFAULT_GUIDANCE_PIXEL = 1.5
+#: largest canvas side (px at the model's scale); larger masks are refused with a time estimate
+MAX_CANVAS_PX = 4096
+#: measured seconds per tile and denoising step (guided, one CPU thread; benchmarks/pathup_seams.py):
+#: the embedded latent default (256 px tiles) and the embedded pixel model (128 px tiles)
+SECONDS_PER_TILE_STEP_CPU = {"latent": 0.15, "pixel": 0.3}
 
 
 def default_steps(device) -> int:
@@ -73,6 +79,13 @@ class NasdmRequest(EngineRequest):
     resample : bool
         Resample a mask at another known scale to the model's µm/px (nearest); when False
         such a mask is refused.
+    tile_overlap : float
+        A mask larger than the model's patch is one canvas of overlapping patch-size tiles
+        (PathUp patch-wise timestep tracking); the overlap is a fraction of a tile.
+    tile_batch : int
+        Tiles per network call on a large canvas (memory; the images do not depend on it).
+    tile_weight : {"pathup", "cosine", "uniform"}
+        How overlapping tiles are recombined (PathUp's eq. 6 distance weights by default).
     """
 
     nuclei: NucleiMask | None = None
@@ -83,6 +96,9 @@ class NasdmRequest(EngineRequest):
     variance: str | None = None
     batch_size: int = 8
     resample: bool = True
+    tile_overlap: float = DEFAULT_OVERLAP
+    tile_batch: int = DEFAULT_TILE_BATCH
+    tile_weight: str = "pathup"
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -100,6 +116,12 @@ class NasdmRequest(EngineRequest):
             out.append(f"Unknown sampler '{self.sampler}'; choose {' or '.join(SAMPLERS)}.")
         if self.variance is not None and self.variance not in VARIANCES:
             out.append(f"Unknown variance '{self.variance}'; choose {' or '.join(VARIANCES)}.")
+        if not (math.isfinite(self.tile_overlap) and 0 <= self.tile_overlap <= 0.9):
+            out.append(f"Tile overlap must be between 0 and 0.9 (a fraction of a tile), not {self.tile_overlap}.")
+        if self.tile_batch < 1:
+            out.append("Tile batch must be at least 1.")
+        if self.tile_weight not in WEIGHTS:
+            out.append(f"Unknown tile weight '{self.tile_weight}'; choose {' or '.join(WEIGHTS)}.")
         return out
 
 
@@ -148,12 +170,44 @@ def prepare_mask(nuclei: NucleiMask, config, *, resample: bool = True) -> tuple[
                                      "check the mask's µm/px.")
     size = config.image_size
     h, w = mask.shape
-    if h > size or w > size:
+    if h > MAX_CANVAS_PX or w > MAX_CANVAS_PX:
+        minutes = estimate_seconds(config, (h, w)) / 60
         raise HistogenInputError(
-            f"The mask is {w}x{h} px at {model_mpp:g} µm/px; this model makes {size}x{size} px patches. "
-            f"Crop a {size}x{size} region (e.g. a Shapes rectangle, or napari's crop) for now; "
-            "large canvases are not supported yet.")
+            f"The mask is {w}x{h} px at {model_mpp:g} µm/px, above the {MAX_CANVAS_PX}x{MAX_CANVAS_PX} px limit "
+            f"(about {minutes:.0f} min per image on one CPU thread); crop it into regions of at most "
+            f"{MAX_CANVAS_PX} px per side.")
+    if h > size or w > size:
+        notes.append(f"The {w}x{h} px mask is larger than the model's {size}x{size} px patch: it is synthesized as "
+                     f"one canvas of overlapping tiles (PathUp patch-wise timestep tracking).")
     return mask, notes
+
+
+def canvas_shape(shape: tuple[int, int], config) -> tuple[int, int]:
+    """The canvas a mask of ``shape`` (at the model's scale) is sampled on: at least one model patch
+    per side, and a multiple of the latent downscale for latent models (padded with background)."""
+    size = int(config.image_size)
+    multiple = int(config.unet.get("downscale", 1)) if getattr(config, "family", "pixel") == "latent" else 1
+    return tuple(max(size, -(-int(n) // multiple) * multiple) for n in shape)  # type: ignore[return-value]
+
+
+def n_tiles_for(config, shape: tuple[int, int], overlap: float = DEFAULT_OVERLAP) -> int:
+    """Tiles per denoising step for a mask of ``shape`` at the model's scale (1 = one patch)."""
+    from ..diffusion.tiled import n_canvas_tiles
+
+    ch, cw = canvas_shape(shape, config)
+    size = int(config.image_size)
+    if getattr(config, "family", "pixel") == "latent":
+        d = int(config.unet.get("downscale", 8))
+        return n_canvas_tiles(ch // d, cw // d, size // d, overlap)
+    return n_canvas_tiles(ch, cw, size, overlap)
+
+
+def estimate_seconds(config, shape: tuple[int, int], steps: int | None = None,
+                     overlap: float = DEFAULT_OVERLAP) -> float:
+    """Rough CPU time (one thread) for one image of a mask of ``shape`` at the model's scale."""
+    steps = int(steps or recommended_settings(config)["steps"])
+    per_tile_step = SECONDS_PER_TILE_STEP_CPU.get(getattr(config, "family", "pixel"), 0.2)
+    return n_tiles_for(config, shape, overlap) * steps * per_tile_step
 
 
 class NasdmEngine:
@@ -257,22 +311,26 @@ class NasdmEngine:
         mask, notes = prepare_mask(request.nuclei, self.config, resample=request.resample)
         size = self.config.image_size
         h, w = mask.shape
-        padded = np.zeros((size, size), np.int32)  # background around a smaller mask, cropped off after
+        canvas = canvas_shape((h, w), self.config)
+        padded = np.zeros(canvas, np.int32)  # background around the mask, cropped off after
         padded[:h, :w] = mask.instances
-        if (h, w) != (size, size):
-            notes.append(f"The {w}x{h} px mask was padded with background to {size}x{size} for the model.")
+        if (h, w) != canvas:
+            notes.append(f"The {w}x{h} px mask was padded with background to {canvas[1]}x{canvas[0]} for the model.")
+        n_tiles = n_tiles_for(self.config, (h, w), request.tile_overlap)
         cond = torch.from_numpy(make_condition(padded, mask.classes, self.config.class_ids))[None].to(self.device)
         n, bs, steps = request.n_samples, request.batch_size, int(request.steps or default_steps(self.device))
         batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
-        total = len(batches) * steps
+        total = len(batches) * steps * n_tiles  # progress counts tiles x steps
         images: list[np.ndarray] = []
         for b, batch in enumerate(batches):
             check_cancel(cancel)
             gens = [torch.Generator().manual_seed(int(request.seed) + k) for k in batch]
             out = sample(self.loaded.model, cond.expand(len(batch), -1, -1, -1), self.config.diffusion,
                          steps=steps, guidance=guidance, sampler=sampler, generators=gens,
-                         progress=sub_progress(progress, b * steps, total), cancel=cancel,
-                         autocast_dtype=self.autocast_dtype, variance=variance)
+                         progress=sub_progress(progress, b * steps * n_tiles, total), cancel=cancel,
+                         autocast_dtype=self.autocast_dtype, variance=variance, tile=size,
+                         tile_overlap=request.tile_overlap, tile_batch=request.tile_batch,
+                         tile_weight=request.tile_weight)
             images.extend(to_uint8_image(img)[:h, :w] for img in out)
         log.debug("nasdm: %d image(s), %d steps, %s", len(images), steps, describe_device(self.device))
         original = request.nuclei
