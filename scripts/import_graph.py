@@ -8,7 +8,8 @@ heavy packages, never a way around the layers.
 The layers, lowest first (a module may import its own layer and the ones below it):
 
 =====  ============  ===================================================================
- 0     foundation    the package roots, core.errors, core.progress, core.provenance, core.devices, core.schemes
+ 0     foundation    the package roots, core.errors, core.progress, core.provenance, core.devices, core.schemes,
+                     core.settings
  1     domain        core.images, core.masks, core.points, core.render, core.scheme_maps, core.crops
  2     io            core.io
  3     models        core.diffusion, core.nasdm, core.latent, core.transfer, core.models,
@@ -34,7 +35,8 @@ PACKAGE = "napari_histogen"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # "" and "core": the package roots (the version string; no imports)
-    ("foundation", ("", "_about", "core", "core.errors", "core.progress", "core.provenance", "core.devices", "core.schemes")),
+    ("foundation", ("", "_about", "core", "core.errors", "core.progress", "core.provenance", "core.devices", "core.schemes",
+                    "core.settings")),
     ("domain", ("core.images", "core.masks", "core.points", "core.render", "core.scheme_maps", "core.crops")),
     ("io", ("core.io",)),
     ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics")),

@@ -118,6 +118,6 @@ def test_demo_with_display_opens_napari_with_sample_and_dock(monkeypatch, qtbot)
         kinds = {layer.metadata.get("histogen", {}).get("kind") for layer in viewer.layers}
         assert kinds == {"image", "nuclei"}
         docks = " ".join(viewer.window.dock_widgets)
-        assert "Histogen: annotate" in docks and "Histogen: NASDM" in docks
+        assert "Annotate nuclei and tissue" in docks and "NASDM synthesis" in docks
     finally:
         viewer.close()

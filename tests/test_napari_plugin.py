@@ -17,8 +17,8 @@ def test_manifest_is_found_and_valid():
     pm.discover()
     manifest = pm.get_manifest("napari-histogen")
     contributions = manifest.contributions
-    assert {w.display_name for w in contributions.widgets} == {"Histogen: annotate", "Histogen: NASDM", "Histogen: reader study",
-                                                              "Histogen: appearance transfer"}
+    assert {w.display_name for w in contributions.widgets} == {"Annotate nuclei and tissue", "NASDM synthesis", "Reader study",
+                                                              "Appearance transfer"}
     assert {s.key for s in contributions.sample_data} == {"ihc", "nucls"}
     assert len(contributions.readers) == 1 and len(contributions.writers) == 3
     manifest.validate_imports()  # every python_name resolves
@@ -38,8 +38,10 @@ def test_open_sample(make_napari_viewer, key, kinds):
 
 def test_dock_opens_from_the_plugin_menu(make_napari_viewer):
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: annotate")
-    assert widget.__class__.__name__ == "AnnotateWidget"
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-histogen", "Annotate nuclei and tissue")
+    from napari_histogen.widgets.annotate import AnnotateWidget
+
+    assert isinstance(widget, AnnotateWidget) and widget.scroll_area.widget() is not None
 
 
 def _nuclei_viewer(viewer):

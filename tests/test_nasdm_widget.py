@@ -61,7 +61,7 @@ def test_dock_synthesizes_next_to_the_mask_with_outlines(dock, qtbot, messages):
     added = list(viewer.layers)[n_before:]
     images = [layer for layer in added if layer.__class__.__name__ == "Image"]
     outlines = [layer for layer in added if layer.__class__.__name__ == "Labels"]
-    assert [layer.name for layer in images] == ["NASDM painted nuclei s3", "NASDM painted nuclei s4"]
+    assert [layer.name for layer in images] == ["NASDM s3 of painted nuclei", "NASDM s4 of painted nuclei"]
     assert len(outlines) == 2 and all(o.contour == 1 for o in outlines)
     # aligned with the mask: same scale, same rows, placed to its right
     for k, layer in enumerate(images):

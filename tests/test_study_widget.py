@@ -56,7 +56,7 @@ def dock(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.window._qt_window.resize(1400, 950)
     widget = StudyWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Histogen: reader study")
+    viewer.window.add_dock_widget(widget, name="Reader study")
     return viewer, widget
 
 
@@ -277,7 +277,7 @@ def test_readme_screenshot_on_histology(dock, qtbot, tmp_path, errors):
 
 def test_dock_opens_from_the_plugin_menu_and_gives_back_keys(make_napari_viewer, tmp_path, errors):
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: reader study")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-histogen", "Reader study")
     assert isinstance(widget, StudyWidget)
 
     def mine(_viewer):

@@ -63,8 +63,8 @@ def test_dock_makes_labelled_images_next_to_the_masks(dock, qtbot, messages):
     added = list(viewer.layers)[n_before:]
     images = [layer for layer in added if layer.__class__.__name__ == "Image"]
     masks = [layer for layer in added if layer.__class__.__name__ == "Labels"]
-    assert [layer.name for layer in images] == ["Transfer target tissue s5", "Transfer target tissue s6"]
-    assert [layer.name for layer in masks] == ["Transfer target tissue s5 mask", "Transfer target tissue s6 mask"]
+    assert [layer.name for layer in images] == ["Transfer s5 of target tissue", "Transfer s6 of target tissue"]
+    assert [layer.name for layer in masks] == ["Transfer s5 of target tissue mask", "Transfer s6 of target tissue mask"]
     target = viewer.layers["target tissue"]
     for k, (img, mask) in enumerate(zip(images, masks)):
         prov = img.metadata["histogen"]["provenance"]["parameters"]
@@ -115,7 +115,20 @@ def test_missing_model_and_missing_source_mask_messages(dock, qtbot, messages, t
     widget.run()
     wait_idle(qtbot, widget)
     assert any("histogen models fetch" in m for m in messages["error"])
+    # the whole reason is in the dock's status line, not only in a (truncated) notification
+    assert "histogen models fetch" in widget.status.text() and widget.status.wordWrap()
     widget.source_mask_combo.setCurrentText(transfer_dock.NO_MASK)
+    # the default AdaIN ("auto") runs without the appearance image's mask: global AdaIN
+    assert widget.settings().adain == "global" and widget.request().source_mask is None
+    widget.adain_combo.setCurrentText("per class (paper)")
     widget.run()
     assert any("needs the appearance image's mask" in m for m in messages["error"])
+    assert "needs the appearance image's mask" in widget.status.text()
     assert not widget.running
+
+
+def test_defaults_pick_per_class_adain_with_a_source_mask(dock):
+    _viewer, widget, _, _ = dock
+    assert widget.source_mask_combo.currentText() != transfer_dock.NO_MASK
+    assert widget.settings().adain == "masked"
+    assert not widget.advanced.expanded  # the chain's expert settings start folded

@@ -91,8 +91,8 @@ def _demo_gui() -> int:
     for data, kwargs, kind in (_layers.image_layer_data(real, f"{name} ({mag})", mpp=mask.mpp),
                                _layers.nuclei_layer_data(mask, f"{name} nuclei (CoNSeP classes, {mag})")):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
-    viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: annotate")
-    viewer.window.add_plugin_dock_widget("napari-histogen", "Histogen: NASDM")
+    viewer.window.add_plugin_dock_widget("napari-histogen", "Annotate nuclei and tissue")
+    viewer.window.add_plugin_dock_widget("napari-histogen", "NASDM synthesis")
     napari.run()
     return 0
 

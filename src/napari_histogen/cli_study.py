@@ -29,7 +29,7 @@ def cmd_study_create(args) -> int:
     )
     print(result.describe())
     print(f"Readers score with: histogen study score {result.study} --reader ID "
-          "(or the 'Histogen: reader study' dock in napari).")
+          "(or the Reader study dock in napari: Plugins > Histogen).")
     return 0
 
 

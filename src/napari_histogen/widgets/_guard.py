@@ -22,10 +22,22 @@ def notify_info(message: str) -> None:
     show_info(message)
 
 
+def show_in_status(dock, message: str) -> None:
+    """Put ``message`` whole in the dock's status line (a word-wrapped label), when it has one."""
+    status = getattr(dock, "status", None)
+    if status is not None and hasattr(status, "setText"):
+        try:
+            status.setText(message)
+        except RuntimeError:  # the dock's widgets are already deleted
+            pass
+
+
 def guarded(action):
     """Run a dock action; report bad input plainly and unexpected failures with a hint.
 
-    The wrapped function returns None when it failed, after notifying the user.
+    The message goes to a notification and, whole, to the dock's status line (the first
+    argument's ``status`` label, when there is one). The wrapped function returns None when
+    it failed.
     """
 
     @functools.wraps(action)
@@ -33,13 +45,16 @@ def guarded(action):
         try:
             return action(*args, **kwargs)
         except HistogenInputError as err:
-            notify_error(str(err))
+            message = str(err)
         except MemoryError:
-            notify_error("Out of memory: the image or mask is too large for this machine; crop or tile it first.")
+            message = "Out of memory: the image or mask is too large for this machine; crop or tile it first."
         except Exception as err:  # the dock must never crash the viewer
             log.exception("napari-histogen: %s failed", action.__name__)
-            notify_error(f"{action.__name__.strip('_').replace('_', ' ')} failed: {err}. "
-                         "Details are in the log; please report this with the log attached.")
+            message = (f"{action.__name__.strip('_').replace('_', ' ')} failed: {err}. "
+                       "Details are in the log; please report this with the log attached.")
+        if args:
+            show_in_status(args[0], message)
+        notify_error(message)
         return None
 
     return wrapper

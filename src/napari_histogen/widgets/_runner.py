@@ -4,8 +4,16 @@
 Cancel buttons, progress bar and status line (:meth:`EngineDock._add_run_controls`), one
 background run of ``engine.run(request)`` with progress, Cancel and plain errors
 (:meth:`EngineDock._start_run`), the loaded-model cache
-(:class:`~napari_histogen.core.engines.base.EngineCache`), and ``closeEvent`` releasing the
-models. A dock only builds its form, turns layers into a request, and puts results back.
+(:class:`~napari_histogen.core.engines.base.EngineCache`) released whenever the dock goes
+away (closed, removed from the viewer, the viewer closed) or on "Unload model", the result
+grid with "Clear previous results" (:mod:`._results`), remembered settings with "Restore
+defaults" (:mod:`napari_histogen.core.settings`), the About text, and the scroll area
+around the whole dock. A dock only builds its form, turns layers into a request, and puts
+results back.
+
+Nothing heavy runs on the GUI thread: the model loads in the worker, torch runs there with
+one core fewer than the machine has (so the GUI thread keeps a core), and result layers are
+added one per event-loop turn.
 
 Workers return ``("done" | "cancelled" | "failed", value)`` instead of raising: napari 0.9's
 task-status hook on ``errored`` itself raises in the event loop.
@@ -13,19 +21,62 @@ task-status hook on ``errored`` itself raises in the event loop.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
+import sys
 
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..core.engines.base import EngineCache
 from ..core.errors import HistogenInputError
 from ..core.progress import CancelToken, Cancelled
+from ..core.settings import clear_dock_settings, load_dock_settings, save_dock_settings
 from . import _guard
+from ._layout import Foldable, make_scrollable
+from ._results import ResultLayers
 
-__all__ = ["ProgressRelay", "BackgroundRunMixin", "EngineDock", "DEVICES"]
+__all__ = ["ProgressRelay", "BackgroundRunMixin", "EngineDock", "DEVICES", "gui_friendly_threads"]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+@contextlib.contextmanager
+def gui_friendly_threads():
+    """Inside: torch uses at most one core fewer than the machine has (at least one), then as before.
+
+    Called in the worker thread, which is the thread torch's intra-op pool serves; the GUI
+    thread keeps a core for itself and ticks on time while a run computes.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:  # the engine did not use torch: nothing to cap
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 2) - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _release(cache: EngineCache, *_args) -> None:
+    """Free a dock's models (module level: connected to ``destroyed``, it must not hold the dock)."""
+    cache.release()
 
 
 class ProgressRelay(QObject):
@@ -89,14 +140,15 @@ class BackgroundRunMixin:
         self._set_running(False)
 
     def _on_error(self, err) -> None:
-        self.status.setText(f"{self.FAILED_TEXT}.")
         if isinstance(err, HistogenInputError):
-            _guard.notify_error(str(err))
+            message = str(err)
         elif isinstance(err, MemoryError):
-            _guard.notify_error(self.OOM_HINT)
+            message = self.OOM_HINT
         else:
             logging.getLogger("napari_histogen").error("%s", self.FAILED_TEXT, exc_info=err)
-            _guard.notify_error(f"{self.FAILED_TEXT}: {err}. Details are in the log; please report this with the log attached.")
+            message = f"{self.FAILED_TEXT}: {err}. Details are in the log; please report this with the log attached."
+        self.status.setText(f"{self.FAILED_TEXT}: {message}" if isinstance(err, HistogenInputError) else message)
+        _guard.notify_error(message)
 
     def _on_returned(self, outcome, context) -> None:
         status, value = outcome
@@ -107,11 +159,14 @@ class BackgroundRunMixin:
 
 
 class EngineDock(BackgroundRunMixin, QWidget):
-    """Base of the engine docks: run controls, one background run, the model cache, release on close.
+    """Base of the engine docks: run controls, one background run, the model cache, results, settings.
 
     Subclasses set :attr:`ENGINE` (a registry name) and the texts of
-    :class:`BackgroundRunMixin`, build their form, call :meth:`_add_run_controls`, and
-    implement ``_on_finished(results, context)``.
+    :class:`BackgroundRunMixin`; build their form in ``self.form_layout`` (from
+    :meth:`_begin_layout`), put expert settings in ``self.advanced.body``, call
+    :meth:`_add_run_controls`, :meth:`_add_status` and :meth:`_finish_layout`, list the
+    remembered controls in :meth:`_persisted_controls`, and implement
+    ``_on_finished(results, context)``.
     """
 
     #: the registry name of the engine (core.engines.base.ENGINES)
@@ -124,13 +179,38 @@ class EngineDock(BackgroundRunMixin, QWidget):
         self.viewer = napari_viewer
         self.engines = EngineCache()
         self.last_results: list = []
+        self.results = ResultLayers(napari_viewer, self.ENGINE)
+        self._defaults: dict = {}
+        self._docked = False
+        self._watched_window = None
         self._init_runner()
+        # the last word when Qt deletes the dock (e.g. with the viewer's window)
+        self.destroyed.connect(functools.partial(_release, self.engines))
+
+    @property
+    def running(self) -> bool:
+        """A run is computing, or its result layers are still being added."""
+        return self._worker is not None or self.results.pending > 0
 
     # -- widgets ----------------------------------------------------------------------------
+    def _begin_layout(self) -> QVBoxLayout:
+        """The dock's main layout (scrolled later by :meth:`_finish_layout`), with the folded Advanced group."""
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        self.advanced = Foldable("Advanced")
+        return layout
+
+    def _finish_layout(self) -> None:
+        """Scroll area around the dock; remember the built-in values, then apply the saved ones."""
+        self.scroll_area = make_scrollable(self)
+        self._defaults = self.control_values()
+        self.restore_settings()
+
     @staticmethod
     def _device_combo() -> QComboBox:
         combo = QComboBox()
         combo.addItems(list(DEVICES))
+        combo.setToolTip("Where the model runs: auto = the GPU when there is one")
         return combo
 
     def _add_model_row(self, form, chooser, browse_text: str, browse_tip: str) -> None:
@@ -147,7 +227,7 @@ class EngineDock(BackgroundRunMixin, QWidget):
         form.addRow("", self.model_info)
 
     def _add_run_controls(self, layout, run_text: str) -> None:
-        """Run and Cancel buttons, the progress bar and the status line, appended to ``layout``."""
+        """Run and Cancel, the housekeeping buttons, the progress bar and the status line, appended to ``layout``."""
         buttons = QHBoxLayout()
         self.run_btn = QPushButton(run_text)
         self.run_btn.clicked.connect(lambda: self.run())
@@ -163,19 +243,135 @@ class EngineDock(BackgroundRunMixin, QWidget):
         layout.addWidget(self.progress_bar)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)  # an error can be copied whole
+
+        tools = QHBoxLayout()
+        self.clear_btn = QPushButton("Clear previous results")
+        self.clear_btn.setToolTip("Remove the layers this dock added (nothing else)")
+        self.clear_btn.clicked.connect(lambda: self.clear_results())
+        self.unload_btn = QPushButton("Unload model")
+        self.unload_btn.setToolTip("Free the memory the loaded model holds (it loads again on the next run)")
+        self.unload_btn.clicked.connect(lambda: self.unload_model())
+        tools.addWidget(self.clear_btn)
+        tools.addWidget(self.unload_btn)
+        self._tools_layout = tools
+
+        more = QHBoxLayout()
+        self.restore_btn = QPushButton("Restore defaults")
+        self.restore_btn.setToolTip("Put every setting of this dock back to its default and forget the saved ones")
+        self.restore_btn.clicked.connect(lambda: self.restore_defaults())
+        self.about_btn = QPushButton("About")
+        self.about_btn.setCheckable(True)
+        self.about_btn.toggled.connect(self._on_about_toggled)
+        more.addWidget(self.restore_btn)
+        more.addWidget(self.about_btn)
+        self._more_layout = more
+        self.about_label = QLabel("")
+        self.about_label.setWordWrap(True)
+        self.about_label.setVisible(False)
 
     def _add_status(self, layout) -> None:
         layout.addWidget(self.status)
+        layout.addLayout(self._tools_layout)
+        layout.addWidget(self.advanced)
+        layout.addLayout(self._more_layout)
+        layout.addWidget(self.about_label)
         layout.addStretch(1)
+
+    def _on_about_toggled(self, shown: bool) -> None:
+        if shown and not self.about_label.text():
+            from .._about import about_text
+
+            self.about_label.setText(about_text())
+        self.about_label.setVisible(shown)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def clear_results(self) -> int:
+        """Remove the result layers this dock added; returns how many."""
+        n = self.results.clear()
+        self.status.setText(f"Removed {n} result layer(s)." if n else "No results of this dock to remove.")
+        return n
+
+    def unload_model(self) -> int:
+        """Free the loaded model(s) now (not during a run); returns how many were freed."""
+        if self._worker is not None:
+            self.status.setText("A run is using the model: cancel it or wait, then unload.")
+            return 0
+        n = self.engines.release()
+        self.status.setText("Model unloaded; it loads again on the next run." if n else "No model is loaded.")
+        return n
+
+    # -- settings -------------------------------------------------------------------------------
+    def _persisted_controls(self) -> dict:
+        """Setting name -> control (QSpinBox, QDoubleSpinBox, QComboBox, QCheckBox or QLineEdit) to remember."""
+        return {}
+
+    def control_values(self) -> dict:
+        """The remembered controls' current values (plain JSON values)."""
+        out = {}
+        for key, control in self._persisted_controls().items():
+            if isinstance(control, (QSpinBox, QDoubleSpinBox)):
+                out[key] = control.value()
+            elif isinstance(control, QComboBox):
+                data = control.currentData()
+                out[key] = data if isinstance(data, str) and data else control.currentText()
+            elif isinstance(control, QCheckBox):
+                out[key] = control.isChecked()
+            elif isinstance(control, QLineEdit):
+                out[key] = control.text()
+        return out
+
+    def _apply_values(self, values: dict) -> None:
+        for key, control in self._persisted_controls().items():
+            if key not in values:
+                continue
+            value = values[key]
+            try:
+                if isinstance(control, QSpinBox) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    control.setValue(int(value))
+                elif isinstance(control, QDoubleSpinBox) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    control.setValue(float(value))
+                elif isinstance(control, QComboBox) and isinstance(value, str):
+                    self._select(control, key, value)
+                elif isinstance(control, QCheckBox) and isinstance(value, bool):
+                    control.setChecked(value)
+                elif isinstance(control, QLineEdit) and isinstance(value, str):
+                    control.setText(value)
+                    control.editingFinished.emit()
+            except (TypeError, ValueError):  # a hand-edited file: keep the control as it is
+                continue
+
+    def _select(self, combo: QComboBox, key: str, value: str) -> None:
+        """Select ``value`` (item data or text) in ``combo``; values no longer offered are skipped."""
+        index = combo.findData(value)
+        if index < 0:
+            index = combo.findText(value)
+        if index >= 0:
+            combo.setCurrentIndex(index)
+
+    def save_settings(self) -> None:
+        """Remember the current settings for the next session."""
+        save_dock_settings(self.ENGINE, self.control_values())
+
+    def restore_settings(self) -> None:
+        """Apply the settings remembered from an earlier session (if any)."""
+        self._apply_values(load_dock_settings(self.ENGINE))
+
+    def restore_defaults(self) -> None:
+        """Every remembered control back to the dock's built-in default; the saved settings are forgotten."""
+        self._apply_values(self._defaults)
+        clear_dock_settings(self.ENGINE)
+        self.status.setText("Settings restored to their defaults.")
 
     # -- running ----------------------------------------------------------------------------
     def _start_run(self, request, *, model, device: str, context, status: str):
-        """Run ``engine.run(request)`` in a worker (the engine loaded once, from the cache)."""
+        """Run ``engine.run(request)`` in a worker (the engine loaded once, from the cache, in the worker)."""
         from napari.qt.threading import create_worker
 
         if self.running:
             raise HistogenInputError(f"{self.RUN_TITLE} is already running; wait for it or press Cancel.")
         request.check()
+        self.save_settings()
         self._cancel = token = CancelToken()
         relay, cache, name = self._relay, self.engines, self.ENGINE
         announce = bool(self.LOADING_TEXT) and not cache.has(name, model, device=device)
@@ -186,7 +382,8 @@ class EngineDock(BackgroundRunMixin, QWidget):
                 if announce:
                     relay.progress.emit(0, 0)  # busy bar while the model loads (first run only)
                 engine = cache.get(name, model, device=device)
-                return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
+                with gui_friendly_threads():
+                    return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
             except Cancelled:
                 return "cancelled", None
             except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
@@ -203,6 +400,10 @@ class EngineDock(BackgroundRunMixin, QWidget):
         worker.start()
         return worker
 
+    def _set_running(self, running: bool) -> None:
+        super()._set_running(running)
+        self.unload_btn.setEnabled(not running)
+
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, total)  # (0, 0): busy
         self.progress_bar.setValue(done)
@@ -212,7 +413,45 @@ class EngineDock(BackgroundRunMixin, QWidget):
             return
         self._update_napari_progress(done, total)
 
-    def closeEvent(self, event):  # noqa: N802 - Qt API
+    # -- going away -------------------------------------------------------------------------
+    def _release_models(self) -> None:
         self.cancel()
         self.engines.release()
+
+    def closeEvent(self, event):  # noqa: N802 - Qt API
+        self._release_models()
         super().closeEvent(event)
+
+    def event(self, event):
+        kind = event.type()
+        if kind == QEvent.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:  # taken out of its dock: napari's remove_dock_widget, the dock's close button
+                self._docked = False
+                self._release_models()
+        elif kind == QEvent.Show:
+            self._watch_window()
+        return super().event(event)
+
+    def _watch_window(self) -> None:
+        window = self.window()
+        if window is not self and window is not self._watched_window:
+            if self._watched_window is not None:
+                self._watched_window.removeEventFilter(self)
+            window.installEventFilter(self)
+            self._watched_window = window
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if obj is self._watched_window and event.type() == QEvent.Close:
+            QTimer.singleShot(0, self._release_if_window_closed)
+        return False
+
+    def _release_if_window_closed(self) -> None:
+        window = self._watched_window
+        try:
+            closed = window is None or not window.isVisible()
+        except RuntimeError:  # already deleted by Qt
+            closed = True
+        if closed:
+            self._release_models()

@@ -1,9 +1,11 @@
-"""The "Histogen: NASDM" dock: synthesize H&E patches that follow a painted nuclei mask.
+"""The NASDM dock: synthesize H&E patches that follow a painted nuclei mask.
 
 Thin by design: it reads the mask layer, runs :meth:`NasdmEngine.run` in a background
-thread (progress bar, Cancel), and adds each result as an image layer next to its mask,
-with the mask's outline on top (toggleable). Nothing is added when a run is cancelled or
-fails; errors become notifications.
+thread (progress bar, Cancel; the model loads there too), and adds each result as an image
+layer in the results grid beside its mask (one row per run, one column per seed), with the
+mask's outline on top (toggleable). Nothing is added when a run is cancelled or fails;
+errors show in the status line and as notifications. Opening the dock imports no torch:
+"auto" steps are resolved by the engine in the worker.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QSpinBox,
-    QVBoxLayout,
 )
 
 from .. import _layers
@@ -26,18 +27,12 @@ from ..core.engines.base import request_defaults
 from ..core.engines.nasdm import VARIANCES, NasdmRequest
 from ..core.errors import HistogenInputError
 from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
+from ._results import GAP_PX, anchor_units
 from ._runner import EngineDock
 
-RESULT_GAP_PX = 8  # space between a mask and its results on the canvas
+RESULT_GAP_PX = GAP_PX  # space between a mask and its results on the canvas
 MODEL_VARIANCE = "model default"
-
-
-def _default_steps() -> int:
-    import torch
-
-    from ..core.engines.nasdm import DEFAULT_STEPS_CPU, DEFAULT_STEPS_GPU
-
-    return DEFAULT_STEPS_GPU if torch.cuda.is_available() else DEFAULT_STEPS_CPU
+AUTO_STEPS_TEXT = "auto (the model's)"
 
 
 class NasdmWidget(EngineDock):
@@ -53,8 +48,7 @@ class NasdmWidget(EngineDock):
         self.outline_layers: list = []
         d = request_defaults(NasdmRequest)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout = self._begin_layout()
         form = QFormLayout()
         self.mask_combo = QComboBox()
         self.mask_combo.setToolTip("Nuclei mask (Labels layer with a class per nucleus) to synthesize from")
@@ -73,10 +67,12 @@ class NasdmWidget(EngineDock):
         self.guidance_spin.setToolTip("Classifier-free guidance scale s (0 = conditional model only)")
         form.addRow("guidance", self.guidance_spin)
         self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 1000)
-        self.steps_spin.setValue(d["steps"] or _default_steps())
-        self.steps_spin.setToolTip("Respaced denoising steps (1000 = full chain; fewer is faster). "
-                                   "Default: 250 with a GPU, 75 on CPU")
+        self.steps_spin.setRange(0, 1000)
+        self.steps_spin.setSpecialValueText(AUTO_STEPS_TEXT)  # 0: the engine decides on its device
+        self.steps_spin.setValue(d["steps"] or 0)
+        self.steps_spin.setToolTip("Denoising steps (1000 = full chain; fewer is faster). Auto: the model's "
+                                   "recommendation (latent models: their validated count; pixel models: 250 with "
+                                   "a GPU, 75 on CPU)")
         form.addRow("steps", self.steps_spin)
         self.variance_combo = QComboBox()
         self.variance_combo.addItems([MODEL_VARIANCE, *VARIANCES])
@@ -85,7 +81,6 @@ class NasdmWidget(EngineDock):
         self.variance_combo.setToolTip("Variance of each denoising step: the model's recommended one, the learned "
                                        "one, or the fixed posterior variance (for models whose variance head is "
                                        "not trained yet)")
-        form.addRow("variance", self.variance_combo)
         self.samples_spin = QSpinBox()
         self.samples_spin.setRange(1, 64)
         self.samples_spin.setValue(d["n_samples"])
@@ -95,9 +90,13 @@ class NasdmWidget(EngineDock):
         self.seed_spin.setValue(d["seed"])
         self.seed_spin.setToolTip("Sample k uses seed + k; the same seed gives the same image on the same device")
         form.addRow("seed", self.seed_spin)
-        self.device_combo = self._device_combo()
-        form.addRow("device", self.device_combo)
         layout.addLayout(form)
+
+        advanced = QFormLayout()
+        advanced.addRow("variance", self.variance_combo)
+        self.device_combo = self._device_combo()
+        advanced.addRow("device", self.device_combo)
+        self.advanced.body.addLayout(advanced)
 
         self._add_run_controls(layout, "Synthesize")
         self.outline_check = QCheckBox("Show mask outlines on results")
@@ -110,6 +109,18 @@ class NasdmWidget(EngineDock):
         self._refresh_masks()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda _e: self._refresh_masks())
+        self._finish_layout()
+
+    def _persisted_controls(self) -> dict:
+        return {"model": self.model_combo, "guidance": self.guidance_spin, "steps": self.steps_spin,
+                "samples": self.samples_spin, "seed": self.seed_spin, "variance": self.variance_combo,
+                "device": self.device_combo, "outlines": self.outline_check}
+
+    def _select(self, combo, key: str, value: str) -> None:
+        if combo is self.model_combo and combo.findData(value) < 0 and Path(value).is_file():
+            self.set_model(value)  # a checkpoint file chosen in an earlier session
+            return
+        super()._select(combo, key, value)
 
     # -- choices ------------------------------------------------------------------------
     def _refresh_masks(self) -> None:
@@ -165,22 +176,23 @@ class NasdmWidget(EngineDock):
             self.model_info.setText(str(err))
 
     def _apply_recommended(self, engine_module, spec) -> None:
-        """Steps and guidance the chosen model recommends (where the request leaves them to the model)."""
+        """Steps and guidance the chosen model recommends (where the request leaves them to the model).
+
+        Steps that depend on the device (pixel models: more on a GPU) stay "auto" when the
+        device is "auto": the engine resolves them in the worker, so the GUI never imports torch.
+        """
         recommend = getattr(engine_module, "recommended_settings", None)
         config = engine_module.read_model_config(spec)
         if recommend is None or config is None:
             return
         device = self.device_combo.currentText()
-        if device == "auto":  # where "auto" would run (pixel models take more steps on a GPU)
-            from ..core.engines.nasdm import DEFAULT_STEPS_GPU
-
-            device = "cuda" if _default_steps() == DEFAULT_STEPS_GPU else "cpu"
-        rec = recommend(config, device)
+        rec = recommend(config, "cpu" if device == "auto" else device)
         d = request_defaults(NasdmRequest)
         if d.get("guidance") is None and rec.get("guidance") is not None:
             self.guidance_spin.setValue(float(rec["guidance"]))
         if d.get("steps") is None and rec.get("steps") is not None:
-            self.steps_spin.setValue(int(rec["steps"]))
+            device_free = getattr(config, "family", "pixel") == "latent" or device != "auto"
+            self.steps_spin.setValue(int(rec["steps"]) if device_free else 0)
 
     # -- running ------------------------------------------------------------------------
     def _mask_layer(self):
@@ -196,7 +208,7 @@ class NasdmWidget(EngineDock):
         if nuclei.n_nuclei == 0:
             raise HistogenInputError(f"The mask '{layer.name}' is empty: paint nuclei first.")
         variance = self.variance_combo.currentText()
-        return NasdmRequest(nuclei=nuclei, n_samples=self.samples_spin.value(), steps=self.steps_spin.value(),
+        return NasdmRequest(nuclei=nuclei, n_samples=self.samples_spin.value(), steps=self.steps_spin.value() or None,
                             guidance=self.guidance_spin.value(), seed=self.seed_spin.value(),
                             variance=None if variance == MODEL_VARIANCE else variance)
 
@@ -216,34 +228,49 @@ class NasdmWidget(EngineDock):
             notify_info("NASDM synthesis cancelled; nothing was added.")
             return
         self.last_results = list(results)
-        self._add_result_layers(results, mask_layer)
         notes = "; ".join(dict.fromkeys(n for r in results for n in r.notes))
-        self.status.setText(f"Added {len(results)} synthetic patch(es) next to '{mask_layer.name}'." +
-                            (f" {notes}" if notes else ""))
+        text = (f"Added {len(results)} synthetic patch(es) beside '{mask_layer.name}'." + (f" {notes}" if notes else ""))
+        self.status.setText(f"Adding {len(results)} synthetic patch(es) beside '{mask_layer.name}'…")
+        self._add_result_layers(results, mask_layer, on_added=lambda: self.status.setText(text))
 
-    def _add_result_layers(self, results, mask_layer) -> None:
+    def _add_result_layers(self, results, mask_layer, on_added=None) -> None:
+        """Queue the results in the next free row of the grid beside ``mask_layer`` (added one per event-loop turn)."""
         first = results[0].mask
         mpp = first.mpp or _layers.layer_mpp(mask_layer) or 1.0
-        origin = np.asarray(mask_layer.translate, dtype=float)[-2:]
-        width = (first.shape[1] + RESULT_GAP_PX) * mpp
+        units = anchor_units(mask_layer)
+        mask_h, mask_w = np.shape(mask_layer.data)[-2:]
+        mask_scale = np.asarray(mask_layer.scale, dtype=float)[-2:]
+        cell = (max(first.shape[0] * mpp, mask_h * mask_scale[0]) + RESULT_GAP_PX * mpp,
+                max(first.shape[1] * mpp, mask_w * mask_scale[1]) + RESULT_GAP_PX * mpp)
+        row = self.results.next_row(mask_layer.name)
+        items = []
         for k, result in enumerate(results):
             seed = result.provenance["parameters"]["seed"]
-            name = f"NASDM {mask_layer.name} s{seed}"
-            offset = origin + np.array([0.0, (k + 1) * width])
+            name = f"NASDM s{seed} of {mask_layer.name}"
+            offset = self.results.cell_origin(mask_layer, cell, row, k + 1)
             data, kwargs, _ = _layers.image_layer_data(result.image, name, mpp=mpp, provenance=result.provenance)
-            kwargs.setdefault("scale", (mpp, mpp))
-            self.viewer.add_image(data, translate=offset, **kwargs)
-            outline = self.viewer.add_labels(
-                result.nuclei.instances, name=f"{name} mask", translate=offset, scale=(mpp, mpp), opacity=0.8,
+            kwargs.update(scale=(mpp, mpp), translate=offset)
+            if units is not None:
+                kwargs["units"] = units
+            items.append((data, self.results.tag(kwargs, mask_layer.name, row), "image", None))
+            outline_kwargs = dict(
+                name=f"{name} mask", translate=offset, scale=(mpp, mpp), opacity=0.8,
                 colormap=_layers.class_color_dict(result.nuclei.classes, result.nuclei.scheme),
                 visible=self.outline_check.isChecked(),
                 metadata={"histogen_outline": True, "histogen": {"kind": "nuclei", "scheme": result.nuclei.scheme.to_dict(),
                                                                  "mpp": mpp, "provenance": result.provenance}},
                 features=_layers.features_from_classes(result.nuclei.classes))
-            outline.contour = 1
-            self.outline_layers.append(outline)
+            if units is not None:
+                outline_kwargs["units"] = units
+            items.append((result.nuclei.instances, self.results.tag(outline_kwargs, mask_layer.name, row), "labels",
+                          self._keep_outline))
+        self.results.add_later(items, on_added)
+
+    def _keep_outline(self, layer) -> None:
+        layer.contour = 1
+        self.outline_layers.append(layer)
 
     def _on_outline_toggled(self, checked: bool) -> None:
-        for layer in list(self.outline_layers):
-            if layer in self.viewer.layers:
-                layer.visible = checked
+        self.outline_layers = [layer for layer in self.outline_layers if layer in self.viewer.layers]
+        for layer in self.outline_layers:
+            layer.visible = checked

@@ -37,6 +37,7 @@ from ..core.errors import HistogenInputError
 from ..core.schemes import get_scheme
 from ..core.study import ReaderSession, create_study, write_report
 from ._guard import guarded, notify_info
+from ._layout import make_scrollable
 
 SCORE_KEYS = {str(n): n for n in range(1, 10)} | {"0": 10}
 NEXT_KEYS = ("Right", "Enter")
@@ -201,6 +202,7 @@ class StudyWidget(QWidget):
         self.report_box.toggled.connect(report_inner.setVisible)
         layout.addWidget(self.report_box)
         layout.addStretch(1)
+        make_scrollable(self)  # fits a laptop screen: the dock scrolls instead of growing the window
         self._sync_enabled()
 
     # -- small helpers ---------------------------------------------------------------------------

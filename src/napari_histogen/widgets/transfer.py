@@ -1,10 +1,14 @@
-"""The "Histogen: appearance transfer" dock: a real patch's look on new masks, zero-shot.
+"""The appearance transfer dock: a real patch's look on new masks, zero-shot.
 
 Thin by design: it reads the appearance image, its tissue mask and the target mask from
 layers, runs :meth:`TransferEngine.run` in a background thread (progress per step, Cancel),
 and adds each output as an image layer with its (flipped/rotated) target mask below it, in
-columns to the right of the inputs. Nothing is added when a run is cancelled or fails;
-errors become notifications. The Stable Diffusion model is loaded on the first run and kept.
+the results grid beside the target mask (one pair of rows per run, one column per output).
+Nothing is added when a run is cancelled or fails; errors show in the status line and as
+notifications. The Stable Diffusion model is loaded in the worker on the first run and kept
+until the dock goes away or "Unload model". The basic settings come first; the chain's
+expert settings are folded under "Advanced". AdaIN "auto" is per class when the appearance
+image's mask is chosen and global when it is not, so the defaults run either way.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QSpinBox,
-    QVBoxLayout,
 )
 
 from .. import _layers
@@ -29,11 +32,14 @@ from ..core.errors import HistogenInputError
 from ..core.masks import match_classes
 from ..core.transfer.settings import TransferSettings
 from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
+from ._results import GAP_PX, anchor_units
 from ._runner import EngineDock
 
-RESULT_GAP_PX = 8
+RESULT_GAP_PX = GAP_PX
 NO_MASK = "(none: global AdaIN only)"
-ADAIN_CHOICES = {"per class (paper)": "masked", "global (baseline)": "global", "off": "off"}
+AUTO_ADAIN = "auto"
+ADAIN_CHOICES = {"auto (per class with a mask)": AUTO_ADAIN, "per class (paper)": "masked",
+                 "global (baseline)": "global", "off": "off"}
 INVERSION_CHOICES = {"edit-friendly DDPM": "edit_friendly", "DDIM": "ddim"}
 
 
@@ -52,9 +58,9 @@ class TransferWidget(EngineDock):
         d = request_defaults(TransferRequest)
         st = TransferSettings()
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout = self._begin_layout()
         form = QFormLayout()
+        expert = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The real patch whose stain, scanner and tissue look the outputs take")
         self.image_combo.currentIndexChanged.connect(lambda _i: self._guess_source_mask())
@@ -85,48 +91,50 @@ class TransferWidget(EngineDock):
         form.addRow("outputs", self.outputs_spin)
         self.augment_check = QCheckBox("random flips/rotations of the target mask")
         self.augment_check.setChecked(d["augment"])
-        form.addRow("", self.augment_check)
+        expert.addRow("", self.augment_check)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(2, 500)
         self.steps_spin.setValue(st.steps)
         self.steps_spin.setToolTip("DDIM steps of the chain (the paper: 100)")
-        form.addRow("steps", self.steps_spin)
+        expert.addRow("steps", self.steps_spin)
         self.skip_spin = QSpinBox()
         self.skip_spin.setRange(0, 499)
         self.skip_spin.setValue(st.skip_steps)
         self.skip_spin.setToolTip("Noisiest steps not run (the reference: 32 of 100); swap and AdaIN ranges count "
                                   "the steps that run")
-        form.addRow("skip", self.skip_spin)
+        expert.addRow("skip", self.skip_spin)
         self.contrast_spin = QDoubleSpinBox()
         self.contrast_spin.setRange(0.0, 10.0)
         self.contrast_spin.setSingleStep(0.1)
         self.contrast_spin.setValue(st.contrast)
         self.contrast_spin.setToolTip("Attention contrast on the swapped maps (1 = none; 1.67 the reference)")
-        form.addRow("contrast", self.contrast_spin)
+        expert.addRow("contrast", self.contrast_spin)
         self.guidance_spin = QDoubleSpinBox()
         self.guidance_spin.setRange(1.0, 20.0)
         self.guidance_spin.setSingleStep(0.25)
         self.guidance_spin.setValue(st.swap_guidance_start)
         self.guidance_spin.setToolTip("Swap guidance at the first step; it falls linearly to half (at least 1)")
-        form.addRow("swap guidance", self.guidance_spin)
+        expert.addRow("swap guidance", self.guidance_spin)
         self.adain_combo = QComboBox()
         self.adain_combo.addItems(list(ADAIN_CHOICES))
-        self.adain_combo.setCurrentText(next(k for k, v in ADAIN_CHOICES.items() if v == st.adain))
+        self.adain_combo.setCurrentText(next(k for k, v in ADAIN_CHOICES.items() if v == AUTO_ADAIN))
         self.adain_combo.setToolTip("Per class: one class per step, alternating, each with the source's statistics "
-                                    "of that class (the paper). Global: the baseline.")
-        form.addRow("AdaIN", self.adain_combo)
+                                    "of that class (the paper; needs 'its mask'). Global: the baseline. Auto: per "
+                                    f"class when 'its mask' is chosen, else global (the paper's setting: {st.adain}).")
+        expert.addRow("AdaIN", self.adain_combo)
         self.inversion_combo = QComboBox()
         self.inversion_combo.addItems(list(INVERSION_CHOICES))
         self.inversion_combo.setCurrentText(next(k for k, v in INVERSION_CHOICES.items() if v == st.inversion))
         self.inversion_combo.setToolTip("Edit-friendly DDPM inversion (the reference; exact reconstruction) or DDIM")
-        form.addRow("inversion", self.inversion_combo)
+        expert.addRow("inversion", self.inversion_combo)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setValue(d["seed"])
         form.addRow("seed", self.seed_spin)
         self.device_combo = self._device_combo()
-        form.addRow("device", self.device_combo)
+        expert.addRow("device", self.device_combo)
         layout.addLayout(form)
+        self.advanced.body.addLayout(expert)
 
         self._add_run_controls(layout, "Generate")
         self._add_status(layout)
@@ -135,6 +143,13 @@ class TransferWidget(EngineDock):
         self._update_model_info()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda _e: self._refresh_layers())
+        self._finish_layout()
+
+    def _persisted_controls(self) -> dict:
+        return {"model": self.model_edit, "outputs": self.outputs_spin, "seed": self.seed_spin,
+                "augment": self.augment_check, "steps": self.steps_spin, "skip": self.skip_spin,
+                "contrast": self.contrast_spin, "swap_guidance": self.guidance_spin, "adain": self.adain_combo,
+                "inversion": self.inversion_combo, "device": self.device_combo}
 
     # -- choices ------------------------------------------------------------------------
     def _image_layers(self):
@@ -236,12 +251,14 @@ class TransferWidget(EngineDock):
         return None if not name or name == NO_MASK else self._layer(self.source_mask_combo, "source mask")
 
     def settings(self) -> TransferSettings:
-        """The transfer settings the dock's controls describe."""
+        """The transfer settings the dock's controls describe (AdaIN "auto" resolved by the chosen masks)."""
         start = float(self.guidance_spin.value())
+        adain = ADAIN_CHOICES[self.adain_combo.currentText()]
+        if adain == AUTO_ADAIN:
+            adain = "global" if self._source_mask_layer() is None else "masked"
         return TransferSettings(steps=self.steps_spin.value(), skip_steps=self.skip_spin.value(),
                                 contrast=float(self.contrast_spin.value()), swap_guidance_start=start,
-                                swap_guidance_end=max(start / 2, 1.0),
-                                adain=ADAIN_CHOICES[self.adain_combo.currentText()],
+                                swap_guidance_end=max(start / 2, 1.0), adain=adain,
                                 inversion=INVERSION_CHOICES[self.inversion_combo.currentText()]).check()
 
     def request(self) -> TransferRequest:
@@ -257,7 +274,7 @@ class TransferWidget(EngineDock):
         settings = self.settings()
         if settings.adain == "masked" and source_layer is None:
             raise HistogenInputError("Per-class AdaIN needs the appearance image's mask: choose it under 'its mask', "
-                                     "or set AdaIN to global.")
+                                     "or set AdaIN (under Advanced) to auto or global.")
         scheme = _layers.layer_scheme(target_layer) or (None if source_layer is None else _layers.layer_scheme(source_layer))
         return TransferRequest(
             source_image=to_rgb_uint8(np.asarray(image_layer.data), name=f"image '{image_layer.name}'"),
@@ -285,24 +302,34 @@ class TransferWidget(EngineDock):
             notify_info("Appearance transfer cancelled; nothing was added.")
             return
         self.last_results = list(results)
-        self._add_result_layers(results, *context)
         notes = " ".join(dict.fromkeys(n for r in results for n in r.notes))
-        self.status.setText(f"Added {len(results)} image(s), each above its target mask." + (f" {notes}" if notes else ""))
+        text = f"Added {len(results)} image(s), each above its target mask." + (f" {notes}" if notes else "")
+        self.status.setText(f"Adding {len(results)} image(s)…")
+        self._add_result_layers(results, *context, on_added=lambda: self.status.setText(text))
 
-    def _add_result_layers(self, results, image_layer, target_layer, scheme) -> None:
+    def _add_result_layers(self, results, image_layer, target_layer, scheme, on_added=None) -> None:
+        """Queue each output with its mask below it, in the next free pair of grid rows beside the target mask."""
         mpp = _layers.layer_mpp(target_layer) or _layers.layer_mpp(image_layer) or 1.0
-        origin = np.asarray(target_layer.translate, dtype=float)[-2:]
+        units = anchor_units(target_layer)
         inputs_w = max(np.asarray(target_layer.data).shape[-1], np.asarray(image_layer.data).shape[1])
-        cell = max(max(r.mask.shape) for r in results) + RESULT_GAP_PX
-        first_col = origin[1] + (inputs_w + RESULT_GAP_PX) * mpp
+        inputs_h = np.asarray(target_layer.data).shape[-2]
+        side = max(max(r.mask.shape) for r in results)
+        cell_h = (max(side, inputs_h) + RESULT_GAP_PX) * mpp
+        first_col = (inputs_w + RESULT_GAP_PX) * mpp
+        col_w = (side + RESULT_GAP_PX) * mpp
+        row = self.results.next_row(target_layer.name, rows_per_run=2)  # an output and its mask below it
+        origin = self.results.cell_origin(target_layer, (cell_h, col_w), row, 0)
+        items = []
         for k, result in enumerate(results):
             seed = result.provenance["parameters"]["seed"]
-            name = f"Transfer {target_layer.name} s{seed}"
-            offset = np.array([origin[0], first_col + k * cell * mpp])
+            name = f"Transfer s{seed} of {target_layer.name}"
+            offset = origin + np.array([0.0, first_col + k * col_w])
             data, kwargs, _ = _layers.image_layer_data(result.image, name, mpp=mpp, provenance=result.provenance)
-            kwargs.setdefault("scale", (mpp, mpp))
+            kwargs.update(scale=(mpp, mpp), translate=offset)
+            if units is not None:
+                kwargs["units"] = units
             kwargs["metadata"]["histogen_transfer_result"] = True
-            self.result_layers.append(self.viewer.add_image(data, translate=offset, **kwargs))
+            items.append((data, self.results.tag(kwargs, target_layer.name, row), "image", self.result_layers.append))
             labels = result.mask.labels
             ids = [c for c in result.mask.class_ids if c]
             if scheme is not None and all(i in scheme for i in ids):
@@ -315,5 +342,9 @@ class TransferWidget(EngineDock):
             mkwargs["scale"] = (mpp, mpp)
             mkwargs["opacity"] = 0.8
             mkwargs["metadata"]["histogen_outline"] = True  # a result: not offered as an input mask
-            below = offset + np.array([(result.mask.shape[0] + RESULT_GAP_PX) * mpp, 0.0])
-            self.result_layers.append(self.viewer.add_labels(mdata, translate=below, **mkwargs))
+            mkwargs["translate"] = offset + np.array([cell_h, 0.0])
+            if units is not None:
+                mkwargs["units"] = units
+            items.append((mdata, self.results.tag(mkwargs, target_layer.name, row + 1), "labels",
+                          self.result_layers.append))
+        self.results.add_later(items, on_added)

@@ -1,0 +1,20 @@
+"""The annotate dock as napari's menu opens it: :class:`AnnotateWidget` inside a scroll area.
+
+Kept apart from ``annotate.py`` (the dock's behaviour) so the layout shared by every dock
+(:func:`._layout.make_scrollable`) wraps it from outside.
+"""
+
+from __future__ import annotations
+
+from ._layout import make_scrollable
+from .annotate import AnnotateWidget
+
+__all__ = ["AnnotateDock"]
+
+
+class AnnotateDock(AnnotateWidget):
+    """The annotate dock, scrolling when the screen is shorter than the dock."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
+        self.scroll_area = make_scrollable(self)
