@@ -11,6 +11,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from napari_histogen import _layers  # noqa: E402
+from napari_histogen.core.masks import NucleiMask  # noqa: E402
 from napari_histogen.core.sample import ihc_sample, nucls_sample  # noqa: E402
 from napari_histogen.core.schemes import get_scheme  # noqa: E402
 from napari_histogen.widgets import _guard  # noqa: E402
@@ -207,3 +208,172 @@ def test_open_dataset_patch_by_index(dock, tmp_path, errors):
     assert sorted(_layers.classes_from_features(layers[1].features).values()) == [2, 5]
     assert widget.open_annotated(tmp_path / "masks.npy", 7) is None
     assert "0..2" in errors[-1]
+
+
+def _table_counts(widget):
+    return {widget.count_table.item(r, 0).text(): int(widget.count_table.item(r, 1).text())
+            for r in range(widget.count_table.rowCount())}
+
+
+def test_undo_and_redo_keep_classes_and_counts_right(dock, qtbot, errors):
+    """Paint A, erase it, undo (key binding and layer API), paint B: A keeps its class and colour."""
+    viewer, widget = dock
+    viewer.add_image(np.zeros((96, 96, 3), np.uint8), name="img", rgb=True)
+    widget.image_combo.setCurrentText("img")
+    widget.scheme_combo.setCurrentText("consep")
+    layer = widget.new_nuclei_mask()
+    consep = get_scheme("consep")
+
+    qtbot.mouseClick(widget.class_buttons[3], Qt.LeftButton)  # epithelial
+    a = layer.selected_label
+    _paint_disc(layer, (30, 30), a)
+    assert _table_counts(widget)["epithelial"] == 1
+
+    # undo the paint stroke: A leaves the table and the counts (no paint/data event from napari)
+    layer.undo()
+    qtbot.waitUntil(lambda: _table_counts(widget)["epithelial"] == 0, timeout=2000)
+    assert a not in _layers.classes_from_features(layer.features)
+    layer.redo()
+    qtbot.waitUntil(lambda: _table_counts(widget)["epithelial"] == 1, timeout=2000)
+    assert _layers.classes_from_features(layer.features)[a] == 3
+
+    # erase A, then undo with the key binding the layer really has (Ctrl+Z runs layer.undo)
+    _paint_disc(layer, (30, 30), 0, radius=12)
+    assert a not in _layers.classes_from_features(layer.features)
+    assert _table_counts(widget)["epithelial"] == 0
+    qtbot.mouseClick(widget.class_buttons[2], Qt.LeftButton)  # the palette now paints inflammatory
+    undo_binding = next(fn for key, fn in type(layer).class_keymap.items() if "Z" in str(key) and "Shift" not in str(key))
+    undo_binding(layer)
+    qtbot.waitUntil(lambda: _table_counts(widget)["epithelial"] == 1, timeout=2000)
+    assert (layer.data == a).any()
+
+    # paint a new nucleus B: A keeps epithelial (not the palette's inflammatory), both counted
+    b = layer.selected_label
+    assert b != a
+    _paint_disc(layer, (70, 70), b)
+    classes = _layers.classes_from_features(layer.features)
+    assert classes[a] == 3 and classes[b] == 2
+    assert _colour_of(layer, a) == consep.color(3) and _colour_of(layer, b) == consep.color(2)
+    counts = _table_counts(widget)
+    assert counts["epithelial"] == 1 and counts["inflammatory"] == 1 and sum(counts.values()) == 2
+    # and a new nucleus never reuses an erased id
+    _paint_disc(layer, (70, 70), 0, radius=12)
+    assert widget.next_nucleus(layer) not in (a, b)
+    assert errors == []
+
+
+def test_convert_the_nucls_sample_to_consep_in_two_clicks(dock, qtbot, errors):
+    viewer, widget = dock
+    item = nucls_sample()
+    for data, kwargs, kind in _layers.annotated_to_layer_data(item):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    nuclei = viewer.layers[f"{item.name} nuclei"]
+    widget.target_combo.setCurrentText(nuclei.name)
+    widget.to_scheme_combo.setCurrentText("consep")
+    qtbot.mouseClick(widget.convert_scheme_btn, Qt.LeftButton)
+    converted = viewer.layers[f"{nuclei.name} → consep"]
+    assert _layers.layer_scheme(converted).name == "consep"
+    np.testing.assert_array_equal(np.asarray(converted.data), np.asarray(nuclei.data))
+    nucls, consep = get_scheme("nucls"), get_scheme("consep")
+    table = {"tumor_any": "epithelial", "nonTIL_stromal": "spindle", "sTIL": "inflammatory", "other_nucleus": "other"}
+    new_classes = _layers.classes_from_features(converted.features)
+    for nid, cls in item.nuclei.classes.items():
+        assert new_classes[nid] == (0 if cls == 0 else consep.id_of(table[nucls.name_of(cls)]))
+    some = next(i for i, c in new_classes.items() if c)
+    assert _colour_of(converted, some) == consep.color(new_classes[some])
+    # the mask the NASDM dock reads is a CoNSeP mask now
+    assert _layers.nuclei_mask_from_layer(converted).scheme.name == "consep"
+    # points convert too
+    points = viewer.layers[f"{item.name} points"]
+    conv_points = widget.convert_scheme(points, "consep")
+    assert _layers.layer_scheme(conv_points).name == "consep"
+    assert set(conv_points.features["class"]) <= set(consep.ids) | {0}
+    assert errors == []
+
+
+def test_conversion_without_known_equivalent_asks_in_the_class_table(dock, errors):
+    viewer, widget = dock
+    inst = np.zeros((40, 40), np.int32)
+    inst[2:8, 2:8], inst[20:28, 20:28] = 1, 2
+    mask = NucleiMask.create(inst, {1: 1, 2: 6}, "qupath", mpp=0.25)  # Tumor, Positive
+    data, kwargs, _ = _layers.nuclei_layer_data(mask, "qp nuclei")
+    layer = viewer.add_labels(data, **kwargs)
+    widget._refresh_layer_lists()
+    assert widget.convert_scheme(layer, "consep") is None  # waits for the table
+    assert widget.class_map_box.isVisibleTo(widget)
+    assert widget.class_map_choice() == {"Tumor": "epithelial"}  # known equivalent filled in
+    assert widget.apply_class_map() is None and "Positive" in errors[-1]  # not chosen yet
+    widget.set_class_map_choice("Positive", "inflammatory")
+    new = widget.apply_class_map()
+    assert new is not None and not widget.class_map_box.isVisibleTo(widget)
+    assert _layers.classes_from_features(new.features) == {1: 3, 2: 2}
+
+
+def test_qupath_geojson_opens_with_qupath_classes_or_a_class_map(dock, tmp_path, errors):
+    from test_scheme_maps import write_qupath_geojson
+
+    viewer, widget = dock
+    standard = write_qupath_geojson(tmp_path / "standard.geojson", [
+        ("Tumor", 10, 10, 6), ("Immune cells", 30, 10, 5), ("Stroma", 10, 30, 6)])
+    layers = widget.open_annotated(standard)
+    qupath = get_scheme("qupath")
+    assert _layers.layer_scheme(layers[0]).name == "qupath"
+    tumour_id = int(layers[0].data[12, 12])
+    assert _colour_of(layers[0], tumour_id) == qupath.color(qupath.id_of("Tumor")) == (200, 0, 0)
+
+    custom = write_qupath_geojson(tmp_path / "custom.geojson", [
+        ("Tumor", 10, 10, 6), ("Lymphocyte (CD3+)", 30, 10, 5), ("Fibroblast", 10, 30, 6)])
+    widget.scheme_combo.setCurrentText("consep")
+    assert widget.open_annotated(custom) is None  # the class table opens instead
+    assert widget.class_map_box.isVisibleTo(widget)
+    assert widget.class_map_choice() == {"Tumor": "epithelial"}
+    widget.set_class_map_choice("Lymphocyte (CD3+)", "inflammatory")
+    widget.set_class_map_choice("Fibroblast", "spindle")
+    opened = widget.apply_class_map()
+    nuclei = opened[0]
+    consep = get_scheme("consep")
+    classes = _layers.classes_from_features(nuclei.features)
+    assert classes[int(nuclei.data[12, 12])] == consep.id_of("epithelial")
+    assert classes[int(nuclei.data[12, 32])] == consep.id_of("inflammatory")
+    assert classes[int(nuclei.data[32, 12])] == consep.id_of("spindle")
+    assert errors == []
+
+
+def test_crop_the_ihc_sample_to_a_rectangle_and_tile_it(dock, errors):
+    viewer, widget = dock
+    item = ihc_sample()
+    for data, kwargs, kind in _layers.annotated_to_layer_data(item):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    nuclei = viewer.layers[f"{item.name} nuclei"]
+    widget.target_combo.setCurrentText(nuclei.name)
+    widget.image_combo.setCurrentText(item.name)
+
+    # a rectangle drawn in world coordinates (µm: the layers' scale is 0.5 µm/px)
+    shapes = widget.draw_crop_rectangle()
+    assert shapes.mode == "add_rectangle"
+    shapes.add_rectangles(np.array([[20.0, 30.0], [84.0, 94.0]]))  # rows 40-168, cols 60-188 px
+    crop = widget.crop()
+    assert crop is not None and crop.data.shape == (128, 128)
+    np.testing.assert_allclose(crop.translate[-2:], np.asarray(nuclei.translate[-2:]) + 0.5 * np.array([40, 60]))
+    expected = NucleiMask.create(np.asarray(nuclei.data)[40:168, 60:188], _layers.classes_from_features(nuclei.features),
+                                 "consep")
+    assert _layers.classes_from_features(crop.features) == expected.classes
+    image_crop = viewer.layers[f"{item.name} [40:168, 60:188]"]
+    np.testing.assert_array_equal(image_crop.data, item.image[40:168, 60:188])
+    prov = crop.metadata["histogen"]["provenance"]
+    assert prov["operation"] == "crop" and prov["parameters"]["crop_offset"] == [40, 60]
+
+    # without a rectangle: the size around the view's centre
+    viewer.layers.remove(shapes)
+    widget.crop_size_spin.setValue(100)
+    widget.target_combo.setCurrentText(nuclei.name)
+    centred = widget.crop(nuclei)
+    assert centred.data.shape == (100, 100)
+
+    # tiles of 256 px cover the 512 px sample in four tiles (mask and image each)
+    tiles = widget.tile(nuclei, 256)
+    assert len(tiles) == 4 and all(t.data.shape == (256, 256) for t in tiles)
+    offsets = sorted(tuple(np.round((np.asarray(t.translate[-2:]) - nuclei.translate[-2:]) / 0.5).astype(int))
+                     for t in tiles)
+    assert offsets == [(0, 0), (0, 256), (256, 0), (256, 256)]
+    assert errors == []

@@ -103,9 +103,34 @@ def cmd_convert(args) -> int:
     from .core.io.dispatch import read_annotated
     from .core.provenance import make_provenance
 
+    from .core.scheme_maps import parse_class_map
+
     check_out_dir(args.out)
-    item = read_annotated(args.input, index=args.index, scheme=args.scheme)
+    item = read_annotated(args.input, index=args.index, scheme=args.scheme, class_map=parse_class_map(args.class_map))
     files = write_annotated_bundle(item, args.out, provenance=make_provenance("histogen convert", input=Path(args.input).name))
+    n = item.nuclei.n_nuclei if item.nuclei is not None else 0
+    print(f"{item.name}: {n} nuclei" + (f" ({item.nuclei.scheme.name}: {item.nuclei.counts()})" if n else ""))
+    for role, path in files.items():
+        print(f"  {role:10s} {path}")
+    return 0
+
+
+def cmd_convert_scheme(args) -> int:
+    """Read any annotation file into another class scheme (NuCLS -> CoNSeP, QuPath -> CoNSeP) and write the bundle."""
+    from .core.io.bundle import write_annotated_bundle
+    from .core.io.convert import read_converted
+    from .core.provenance import make_provenance
+    from .core.scheme_maps import parse_class_map
+
+    check_out_dir(args.out)
+    class_map = parse_class_map(args.class_map)
+    item = read_converted(args.input, args.to, class_map=class_map, index=args.index, scheme=args.scheme)
+    files = write_annotated_bundle(item, args.out, provenance=make_provenance(
+        "histogen convert-scheme", input=Path(args.input).name, to=args.to, class_map=class_map))
+    conversion = item.provenance.get("scheme_conversion", {})
+    if conversion.get("mapping"):
+        print(f"{conversion['from']} -> {conversion['to']}: "
+              + ", ".join(f"{a} -> {b}" for a, b in conversion["mapping"].items()))
     n = item.nuclei.n_nuclei if item.nuclei is not None else 0
     print(f"{item.name}: {n} nuclei" + (f" ({item.nuclei.scheme.name}: {item.nuclei.counts()})" if n else ""))
     for role, path in files.items():
@@ -234,7 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
     convert.add_argument("--index", type=nonneg_int, default=None, help="patch index in a dataset array (PanNuke, CoNIC)")
     convert.add_argument("--scheme", default=None, help="class scheme for files that do not record one")
+    convert.add_argument("--class-map", default=None, metavar="NAME=CLASS,...",
+                         help="GeoJSON: map class names the scheme lacks (\"Tumor=epithelial,Immune cells=inflammatory\" "
+                              "or a .json/.yaml file of {NAME: CLASS}; CLASS 'unclassified' leaves them without one)")
     convert.set_defaults(func=cmd_convert)
+
+    conv_scheme = sub.add_parser(
+        "convert-scheme", help="read an annotation file into another class scheme (e.g. NuCLS or QuPath -> CoNSeP)",
+        description="Read any annotation file 'convert' reads and give its nuclei (and points) the classes of "
+                    "scheme --to, by the known equivalences (NuCLS tumor_any -> CoNSeP epithelial, nonTIL_stromal -> "
+                    "spindle, sTIL -> inflammatory, other_nucleus -> other; Lizard, PanNuke and QuPath likewise) and "
+                    "--class-map for the rest; write the same bundle as 'convert'.")
+    conv_scheme.add_argument("input", help="annotation file (FILE.npy::N for a dataset patch)")
+    conv_scheme.add_argument("--to", default="consep", help="target class scheme (default consep, the NASDM models')")
+    conv_scheme.add_argument("--class-map", default=None, metavar="NAME=CLASS,...",
+                             help="classes without a known equivalent: \"Positive=epithelial,Negative=unclassified\" "
+                                  "or a .json/.yaml file of {NAME: CLASS}")
+    conv_scheme.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
+    conv_scheme.add_argument("--index", type=nonneg_int, default=None, help="patch index in a dataset array")
+    conv_scheme.add_argument("--scheme", default=None, help="class scheme of the input, for files that do not record one")
+    conv_scheme.set_defaults(func=cmd_convert_scheme)
 
     grow = sub.add_parser("grow", help="grow a nuclei mask from a CSV of typed centroid points",
                           description="Procedural nuclei at each point: class-typical ellipses, touching nuclei kept "

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
 from .errors import CorruptFileError, HistogenInputError, UnknownClassError
 from .masks import NucleiMask, remap_classes
 from .schemes import UNCLASSIFIED, ClassScheme, get_scheme
@@ -26,6 +28,7 @@ __all__ = [
     "SchemeMapping",
     "map_schemes",
     "convert_nuclei_scheme",
+    "convert_class_ids",
     "suggest_class",
     "suggest_class_map",
     "parse_class_map",
@@ -239,18 +242,36 @@ def convert_nuclei_scheme(nuclei: NucleiMask, target, overrides: Mapping[str, st
     if not isinstance(nuclei, NucleiMask):
         raise HistogenInputError(f"Expected a NucleiMask, not {type(nuclei).__name__}.")
     mapping = map_schemes(nuclei.scheme, target, overrides)
-    used = {int(c) for c in nuclei.classes.values()} - {UNCLASSIFIED}
-    missing = [nuclei.scheme.name_of(c) for c in sorted(used) if c not in mapping.ids]
-    if missing:
-        raise UnknownClassError(
-            f"No '{mapping.target.name}' class is known for {', '.join(repr(m) for m in missing)} of scheme "
-            f"'{nuclei.scheme.name}'. Map them (e.g. --class-map \"{missing[0]}={mapping.target.names[0]}\", or "
-            f"the dock's class table); '{UNCLASSIFIED_NAME}' leaves them without a class."
-        )
+    _check_used(mapping, nuclei.classes.values())
     out = remap_classes(nuclei, mapping.target, mapping.ids)
     out.metadata["scheme_conversion"] = {"from": nuclei.scheme.name, "to": mapping.target.name,
                                          "mapping": mapping.names()}
     return out
+
+
+def _check_used(mapping: SchemeMapping, class_ids) -> None:
+    """Raise when a class in ``class_ids`` has no target in ``mapping`` (naming how to map it)."""
+    used = {int(c) for c in class_ids} - {UNCLASSIFIED}
+    missing = [mapping.source.name_of(c) for c in sorted(used) if c not in mapping.ids]
+    if missing:
+        raise UnknownClassError(
+            f"No '{mapping.target.name}' class is known for {', '.join(repr(m) for m in missing)} of scheme "
+            f"'{mapping.source.name}'. Map them (e.g. --class-map \"{missing[0]}={mapping.target.names[0]}\", or "
+            f"the dock's class table); '{UNCLASSIFIED_NAME}' leaves them without a class."
+        )
+
+
+def convert_class_ids(class_ids, source, target, overrides: Mapping[str, str] | None = None) -> np.ndarray:
+    """Class ids of ``source`` (a point layout's classes) as class ids of ``target``.
+
+    Returns a new int64 array; 0 stays 0. Raises like :func:`convert_nuclei_scheme` for a used
+    class that nothing maps.
+    """
+    mapping = map_schemes(source, target, overrides)
+    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    _check_used(mapping, ids.tolist())
+    lut = {**mapping.ids, UNCLASSIFIED: UNCLASSIFIED}
+    return np.array([lut[int(c)] for c in ids], dtype=np.int64)
 
 
 def parse_class_map(spec) -> dict[str, str]:

@@ -6,12 +6,14 @@ back as layers. Every algorithm lives in ``napari_histogen.core``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -28,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _layers
-from ..core.errors import HistogenInputError
+from ..core.errors import HistogenInputError, UnknownClassError
 from ..core.masks import (
     NucleiMask,
     as_label_image,
@@ -36,6 +38,7 @@ from ..core.masks import (
     next_free_id,
     nuclei_from_type_map,
     nuclei_to_points,
+    sync_classes,
     type_map_from_nuclei,
 )
 from ..core.provenance import make_provenance
@@ -43,6 +46,8 @@ from ..core.schemes import UNCLASSIFIED, ClassScheme, get_scheme, list_schemes, 
 from ._guard import guarded, notify_info
 
 NEXT_NUCLEUS_KEY = "n"
+#: the class-map table's entry for "no choice yet"
+CHOOSE = "(choose)"
 
 
 class AnnotateWidget(QWidget):
@@ -54,6 +59,11 @@ class AnnotateWidget(QWidget):
         self.current_class: int | None = None
         self._connected: set[int] = set()
         self._pending_refresh: set = set()
+        # per nuclei layer (by id): every nucleus id -> the class it last had, erased ones too,
+        # so a nucleus that comes back (undo, redo) gets its own class again
+        self._class_memory: dict[int, dict[int, int]] = {}
+        self._syncing = False  # our own layer updates emit set_data: not a user edit
+        self._class_map_apply = None  # what the class-map table's Apply does
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -154,7 +164,69 @@ class AnnotateWidget(QWidget):
             btn.setToolTip(tip)
             btn.clicked.connect(slot)
             conv.addWidget(btn, 1 + k // 2, 2 * (k % 2), 1, 2)
+        self.to_scheme_combo = QComboBox()
+        self.to_scheme_combo.setToolTip("Scheme to give the selected nuclei mask or point layout (CoNSeP: the "
+                                        "NASDM models' classes)")
+        self.convert_scheme_btn = QPushButton("Convert classes")
+        self.convert_scheme_btn.setToolTip("A copy of the selected layer with the classes of the chosen scheme "
+                                           "(known equivalences; a table asks for the rest)")
+        self.convert_scheme_btn.clicked.connect(lambda: self.convert_scheme())
+        conv.addWidget(QLabel("to scheme"), 3, 0)
+        conv.addWidget(self.to_scheme_combo, 3, 1)
+        conv.addWidget(self.convert_scheme_btn, 3, 2, 1, 2)
         layout.addWidget(convert_box)
+
+        # -- class map (GeoJSON classes the scheme lacks, conversions without a known equivalent)
+        self.class_map_box = QGroupBox("Map classes")
+        map_layout = QVBoxLayout(self.class_map_box)
+        self.class_map_label = QLabel()
+        self.class_map_label.setWordWrap(True)
+        self.class_map_table = QTableWidget(0, 2)
+        self.class_map_table.setHorizontalHeaderLabels(["class", "becomes"])
+        self.class_map_table.verticalHeader().setVisible(False)
+        self.class_map_table.horizontalHeader().setStretchLastSection(True)
+        map_buttons = QHBoxLayout()
+        self.class_map_apply_btn = QPushButton("Apply")
+        self.class_map_apply_btn.clicked.connect(lambda: self.apply_class_map())
+        cancel_btn = QPushButton("Cancel")
+        cancel_btn.clicked.connect(lambda: self.hide_class_map())
+        map_buttons.addWidget(self.class_map_apply_btn)
+        map_buttons.addWidget(cancel_btn)
+        map_layout.addWidget(self.class_map_label)
+        map_layout.addWidget(self.class_map_table)
+        map_layout.addLayout(map_buttons)
+        self.class_map_box.setVisible(False)
+        layout.addWidget(self.class_map_box)
+
+        # -- crop / tile ------------------------------------------------------------------
+        crop_box = QGroupBox("Crop / tile")
+        crop = QGridLayout(crop_box)
+        self.crop_size_spin = QSpinBox()
+        self.crop_size_spin.setRange(0, 8192)
+        self.crop_size_spin.setSingleStep(32)
+        self.crop_size_spin.setSpecialValueText("model patch")
+        self.crop_size_spin.setSuffix(" px")
+        self.crop_size_spin.setToolTip("Crop and tile size in the mask's pixels; 'model patch': the default NASDM "
+                                       "model's patch, at the mask's scale")
+        self.crop_rect_btn = QPushButton("Draw rectangle")
+        self.crop_rect_btn.setToolTip("Add a Shapes layer in rectangle mode; drag the region to crop")
+        self.crop_rect_btn.clicked.connect(lambda: self.draw_crop_rectangle())
+        self.crop_btn = QPushButton("Crop")
+        self.crop_btn.setToolTip("Crop the selected mask (and its image) to the last rectangle drawn, or to the "
+                                 "size around the view's centre")
+        self.crop_btn.clicked.connect(lambda: self.crop())
+        self.tile_btn = QPushButton("Tile")
+        self.tile_btn.setToolTip("Cut the selected mask (and its image) into tiles of the size, as new layers")
+        self.tile_btn.clicked.connect(lambda: self.tile())
+        self.crop_hide_check = QCheckBox("hide the originals")
+        self.crop_hide_check.setChecked(True)
+        crop.addWidget(QLabel("size"), 0, 0)
+        crop.addWidget(self.crop_size_spin, 0, 1)
+        crop.addWidget(self.crop_hide_check, 0, 2)
+        crop.addWidget(self.crop_rect_btn, 1, 0)
+        crop.addWidget(self.crop_btn, 1, 1)
+        crop.addWidget(self.tile_btn, 1, 2)
+        layout.addWidget(crop_box)
 
         # -- export ------------------------------------------------------------------------
         export_box = QGroupBox("Export nuclei mask")
@@ -167,6 +239,10 @@ class AnnotateWidget(QWidget):
         exp.addWidget(ome_btn)
         exp.addWidget(geo_btn)
         layout.addWidget(export_box)
+        self.status = QLabel()  # the last message, whole (errors too: see _guard.show_in_status)
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self.status)
         layout.addStretch(1)
 
         self.viewer.layers.events.inserted.connect(self._refresh_layer_lists)
@@ -197,6 +273,10 @@ class AnnotateWidget(QWidget):
         self.scheme_combo.addItems(list(list_schemes()))
         self.scheme_combo.setCurrentText(current)
         self.scheme_combo.blockSignals(False)
+        target = self.to_scheme_combo.currentText() or "consep"
+        self.to_scheme_combo.clear()
+        self.to_scheme_combo.addItems(list(list_schemes("nuclei")))
+        self.to_scheme_combo.setCurrentText(target)
 
     def _refresh_layer_lists(self, event=None):
         for combo, layers in ((self.image_combo, self._image_layers()), (self.target_combo, self._annotation_layers())):
@@ -223,8 +303,12 @@ class AnnotateWidget(QWidget):
         self._connected.add(id(layer))
         kind = _layers.layer_kind(layer)
         if kind == "nuclei":
+            self._class_memory[id(layer)] = _layers.classes_from_features(layer.features)
             layer.events.paint.connect(lambda e, lyr=layer: self._on_nuclei_painted(lyr))
             layer.events.data.connect(lambda e, lyr=layer: self._on_nuclei_painted(lyr))
+            # napari's undo and redo (Ctrl+Z, Ctrl+Shift+Z) write the pixels back and send
+            # neither `paint` nor `data`, only `set_data` from the refresh that follows
+            layer.events.set_data.connect(lambda e, lyr=layer: self._on_nuclei_painted(lyr))
             layer.bind_key(NEXT_NUCLEUS_KEY, lambda lyr: self.next_nucleus(lyr), overwrite=True)
         elif kind == "points":
             layer.events.data.connect(lambda e, lyr=layer: self._recolor_points(lyr))
@@ -293,13 +377,29 @@ class AnnotateWidget(QWidget):
             layer.mode = "add"
         self.viewer.layers.selection.active = layer
 
+    @contextmanager
+    def _own_update(self):
+        """Layer changes made by the dock itself (they emit set_data; no re-sync for them)."""
+        before, self._syncing = self._syncing, True
+        try:
+            yield
+        finally:
+            self._syncing = before
+
+    def _memory(self, layer) -> dict[int, int]:
+        return self._class_memory.setdefault(id(layer), _layers.classes_from_features(layer.features))
+
     def _start_nucleus(self, layer, class_id):
         classes = _layers.classes_from_features(layer.features)
-        new_id = next_free_id(np.asarray(layer.data), classes)
+        memory = self._memory(layer)
+        # an id never used before, erased ones included: an undo may bring those back
+        new_id = next_free_id(np.asarray(layer.data), {**memory, **classes})
         classes[new_id] = class_id
+        memory[new_id] = class_id
         scheme = _layers.layer_scheme(layer)
-        layer.features = _layers.features_from_classes(classes)
-        layer.colormap = _layers.class_color_dict(classes, scheme)
+        with self._own_update():
+            layer.features = _layers.features_from_classes(classes)
+            layer.colormap = _layers.class_color_dict(classes, scheme)
         layer.selected_label = new_id
         if layer.mode not in ("paint", "fill", "polygon"):
             layer.mode = "paint"
@@ -329,24 +429,46 @@ class AnnotateWidget(QWidget):
                 f"Nucleus {nucleus} is not in the mask; pick one with the picker tool (L) first."
             )
         classes[nucleus] = class_id
-        layer.features = _layers.features_from_classes(classes)
-        layer.colormap = _layers.class_color_dict(classes, _layers.layer_scheme(layer))
+        self._memory(layer)[nucleus] = class_id
+        with self._own_update():
+            layer.features = _layers.features_from_classes(classes)
+            layer.colormap = _layers.class_color_dict(classes, _layers.layer_scheme(layer))
         self._update_counts()
 
     def _on_nuclei_painted(self, layer):
         # napari emits `paint` before it writes the pixels when a single paint call is
         # not part of a mouse stroke, so the table is synced once the event loop is back.
+        if self._syncing:
+            return
         if not self._pending_refresh:
             QTimer.singleShot(0, self._flush_refresh)
         self._pending_refresh.add(layer)
 
     def _flush_refresh(self):
-        default = self.current_class if self.current_class is not None else UNCLASSIFIED
         layers, self._pending_refresh = self._pending_refresh, set()
         for layer in layers:
             if layer in self.viewer.layers:
-                _layers.refresh_nuclei_layer(layer, default)
+                self.sync_nuclei_layer(layer)
         self._update_counts()
+
+    def sync_nuclei_layer(self, layer) -> dict[int, int]:
+        """Bring a nuclei layer's class table and colours in line with its pixels; the new table.
+
+        Erased or painted-over nuclei leave the table (and the counts) but not the dock's
+        memory, so a nucleus an undo brings back gets its own class again; an id painted that
+        was never classed gets the palette's class.
+        """
+        default = self.current_class if self.current_class is not None else UNCLASSIFIED
+        memory = self._memory(layer)
+        old = _layers.classes_from_features(layer.features)
+        new = sync_classes(np.asarray(layer.data), {**memory, **old}, default)
+        memory.update(new)
+        if new != old:
+            scheme = _layers.layer_scheme(layer) or get_scheme("consep")
+            with self._own_update():
+                layer.features = _layers.features_from_classes(new)
+                layer.colormap = _layers.class_color_dict(new, scheme)
+        return new
 
     def _recolor_points(self, layer):
         scheme = _layers.layer_scheme(layer)
@@ -475,11 +597,22 @@ class AnnotateWidget(QWidget):
             self.open_annotated(path, int(self.index_spin.value()))
 
     @guarded
-    def open_annotated(self, path, index: int | None = None, scheme=None):
-        """Open any readable annotation file (``index``: patch of a dataset array) as layers."""
+    def open_annotated(self, path, index: int | None = None, scheme=None, class_map=None):
+        """Open any readable annotation file (``index``: patch of a dataset array) as layers.
+
+        A GeoJSON file whose class names no scheme has (a QuPath export with classes of its
+        own) opens the class-map table instead: each name gets a class of the dock's scheme
+        (known equivalents prefilled); Apply opens the file with that map. Returns the new
+        layers, or None when the table is waiting.
+        """
         from ..core.io.dispatch import read_annotated
 
-        item = read_annotated(path, index=index, scheme=scheme)
+        try:
+            item = read_annotated(path, index=index, scheme=scheme, class_map=class_map)
+        except UnknownClassError:
+            if class_map is not None or not str(path).lower().endswith((".geojson", ".json")):
+                raise
+            return self._ask_geojson_class_map(path, scheme)
         layers = [self._add(layer_data) for layer_data in _layers.annotated_to_layer_data(item)]
         notify_info(f"Opened {item.name}: " + (f"{item.nuclei.n_nuclei} nuclei ({item.nuclei.scheme.name})"
                                                if item.nuclei is not None else "no nuclei mask"))
@@ -547,6 +680,272 @@ class AnnotateWidget(QWidget):
         layer_out = self.viewer.add_labels(as_label_image(tmap), **kwargs)
         self._refresh_layer_lists()
         return layer_out
+
+    # ------------------------------------------------------------------------------------
+    # class maps: one table for GeoJSON classes and for conversions without a known equivalent
+    def show_class_map(self, names, target, suggestions: dict, on_apply, message: str):
+        """Fill the class-map table: one row per class name, a combo of ``target``'s classes.
+
+        ``suggestions`` (name -> target class name or None) preselects; ``on_apply`` gets the
+        chosen map ``{name: class name}`` when Apply is clicked.
+        """
+        target = get_scheme(target)
+        self.class_map_table.setRowCount(len(names))
+        for row, name in enumerate(names):
+            self.class_map_table.setItem(row, 0, QTableWidgetItem(str(name)))
+            combo = QComboBox()
+            combo.addItems([CHOOSE, *target.names, "unclassified"])
+            suggested = suggestions.get(name)
+            if suggested:
+                combo.setCurrentText(suggested)
+            self.class_map_table.setCellWidget(row, 1, combo)
+        self.class_map_label.setText(message)
+        self.class_map_box.setTitle(f"Map classes to '{target.name}'")
+        self._class_map_apply = on_apply
+        self.class_map_box.setVisible(True)
+        self.status.setText(message)
+
+    def class_map_choice(self) -> dict[str, str]:
+        """The table's map ``{name: class name}``; rows still at "(choose)" are left out."""
+        out = {}
+        for row in range(self.class_map_table.rowCount()):
+            combo = self.class_map_table.cellWidget(row, 1)
+            if combo is not None and combo.currentText() != CHOOSE:
+                out[self.class_map_table.item(row, 0).text()] = combo.currentText()
+        return out
+
+    def set_class_map_choice(self, name: str, class_name: str) -> None:
+        """Choose ``class_name`` for the row of ``name`` (what a user does with the combo)."""
+        for row in range(self.class_map_table.rowCount()):
+            if self.class_map_table.item(row, 0).text() == name:
+                combo = self.class_map_table.cellWidget(row, 1)
+                index = combo.findText(class_name)
+                if index < 0:
+                    raise HistogenInputError(f"'{class_name}' is not a choice for {name}.")
+                combo.setCurrentIndex(index)
+                return
+        raise HistogenInputError(f"The class table has no row '{name}'.")
+
+    def hide_class_map(self):
+        self.class_map_box.setVisible(False)
+        self._class_map_apply = None
+
+    @guarded
+    def apply_class_map(self):
+        """Apply button: run the waiting action with the table's map."""
+        if self._class_map_apply is None:
+            raise HistogenInputError("No class map is waiting.")
+        names = [self.class_map_table.item(r, 0).text() for r in range(self.class_map_table.rowCount())]
+        chosen = self.class_map_choice()
+        missing = [n for n in names if n not in chosen]
+        if missing:
+            raise HistogenInputError(f"Choose a class for {', '.join(missing)} in the table (or 'unclassified').")
+        action = self._class_map_apply
+        result = action(chosen)
+        if result is not None:
+            self.hide_class_map()
+        return result
+
+    def _ask_geojson_class_map(self, path, scheme):
+        from ..core.io.geojson import geojson_class_names
+        from ..core.scheme_maps import suggest_class_map
+
+        target = get_scheme(scheme) if scheme is not None else self._scheme("nuclei")
+        names = geojson_class_names(path)
+        message = (f"{Path(path).name} has classes that scheme '{target.name}' lacks: choose a class for each "
+                   "(known equivalents are filled in), then Apply.")
+        self.show_class_map(names, target, suggest_class_map(names, target),
+                            lambda chosen: self.open_annotated(path, scheme=target, class_map=chosen), message)
+        notify_info(message)
+        return None
+
+    # ------------------------------------------------------------------------------------
+    # scheme conversion
+    @guarded
+    def convert_scheme(self, layer=None, target=None, overrides=None):
+        """A copy of a nuclei mask or point layout with the classes of scheme ``target``.
+
+        Classes with a known equivalent (same name, or e.g. NuCLS ``tumor_any`` -> CoNSeP
+        ``epithelial``) convert at once; otherwise the class-map table asks for the rest and
+        Apply converts. Returns the new layer (None while the table waits).
+        """
+        from ..core.scheme_maps import convert_class_ids, convert_nuclei_scheme, map_schemes
+
+        layer = layer or self.target_layer
+        kind = _layers.layer_kind(layer) if layer is not None else None
+        if kind not in ("nuclei", "points"):
+            raise HistogenInputError("Select a nuclei mask or point layout in the dock's layer list first.")
+        target = get_scheme(target if target is not None else self.to_scheme_combo.currentText() or "consep")
+        source = _layers.layer_scheme(layer)
+        if kind == "nuclei":
+            mask = _layers.nuclei_mask_from_layer(layer)
+            used = set(mask.classes.values())
+        else:
+            used = set(layer.features["class"].tolist()) if len(layer.data) else set()
+        mapping = map_schemes(source, target, overrides)
+        missing = [source.name_of(c) for c in sorted(used - {UNCLASSIFIED}) if c not in mapping.ids]
+        if missing and overrides is None:
+            names = [source.name_of(c) for c in sorted(used - {UNCLASSIFIED})]
+            message = (f"No '{target.name}' class is known for {', '.join(missing)}: choose one for each, then Apply.")
+            self.show_class_map(names, target, mapping.names(),
+                                lambda chosen: self.convert_scheme(layer, target, chosen), message)
+            notify_info(message)
+            return None
+        name = f"{layer.name} → {target.name}"
+        prov = make_provenance("convert scheme", layer=layer.name, source=source.name, target=target.name,
+                               mapping=mapping.names())
+        if kind == "nuclei":
+            converted = convert_nuclei_scheme(mask, target, overrides)
+            data = _layers.nuclei_layer_data(converted, name, provenance=prov)
+        else:
+            classes = convert_class_ids(layer.features["class"].to_numpy() if len(layer.data) else [], source,
+                                        target, overrides)
+            data = _layers.points_layer_data(np.asarray(layer.data), classes, target, name,
+                                             mpp=_layers.layer_mpp(layer), provenance=prov)
+        data[1]["translate"] = tuple(layer.translate)
+        data[1]["scale"] = tuple(layer.scale)
+        new = self._add(data)
+        layer.visible = False  # the copy lies exactly on it
+        self.status.setText(f"'{new.name}': {source.name} → {target.name} ("
+                            + ", ".join(f"{a} → {b}" for a, b in mapping.names().items()) + ").")
+        return new
+
+    # ------------------------------------------------------------------------------------
+    # crop / tile
+    def _crop_source(self, layer=None):
+        """The mask layer to crop and the image layer on the same pixel grid (or None)."""
+        layer = layer or self.target_layer
+        if layer is None or _layers.layer_kind(layer) not in ("nuclei", "tissue"):
+            raise HistogenInputError("Select a nuclei or tissue mask in the dock's layer list first.")
+        shape = tuple(np.asarray(layer.data).shape[-2:])
+        grid = (tuple(np.round(layer.scale[-2:], 9)), tuple(np.round(layer.translate[-2:], 9)))
+
+        def same_grid(image):
+            img_shape = tuple(image.data.shape[:2]) if getattr(image, "rgb", False) else tuple(image.data.shape[-2:])
+            return img_shape == shape and (tuple(np.round(image.scale[-2:], 9)),
+                                           tuple(np.round(image.translate[-2:], 9))) == grid
+
+        preferred = self._layer_by_name(self.image_combo.currentText())
+        candidates = ([preferred] if preferred is not None else []) + self._image_layers()
+        image = next((im for im in candidates if same_grid(im)), None)
+        return layer, shape, image
+
+    def _crop_size(self, layer) -> int:
+        """The size box: pixels, or (0, 'model patch') the default NASDM model's patch at the mask's scale."""
+        size = int(self.crop_size_spin.value())
+        if size > 0:
+            return size
+        from ..core.engines.nasdm import read_model_config
+
+        config = read_model_config(None)
+        if config is None:
+            return 256
+        mpp = _layers.layer_mpp(layer)
+        return max(1, int(round(config.image_size * (config.mpp / mpp if mpp else 1.0))))
+
+    def _rectangle_box(self, layer, shape):
+        """The box of the last rectangle in the top Shapes layer, in ``layer``'s pixels (or None)."""
+        from ..core.crops import box_from_corners
+
+        shapes = [lyr for lyr in self.viewer.layers if lyr.__class__.__name__ == "Shapes" and len(lyr.data)]
+        if not shapes:
+            return None
+        top = shapes[-1]
+        corners = np.asarray(top.data[-1])[:, -2:]
+        world = np.array([top.data_to_world(c) for c in corners])
+        pixels = np.array([layer.world_to_data(w) for w in world])[:, -2:]
+        return box_from_corners(pixels, shape)
+
+    @guarded
+    def draw_crop_rectangle(self):
+        """Add (or select) the 'crop rectangle' Shapes layer in rectangle mode."""
+        name = "crop rectangle"
+        layer = self._layer_by_name(name)
+        if layer is None:
+            layer = self.viewer.add_shapes(name=name, edge_color="yellow", face_color="transparent", edge_width=2)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        self.status.setText("Drag a rectangle over the mask, then Crop.")
+        return layer
+
+    def _add_crops(self, mask_layer, image_layer, boxes, label):
+        """New layers for ``boxes`` of the mask (and its image), in place; the new mask layers."""
+        from ..core.crops import crop_array, crop_nuclei
+
+        kind = _layers.layer_kind(mask_layer)
+        scale = np.asarray(mask_layer.scale[-2:], dtype=float)
+        translate = np.asarray(mask_layer.translate[-2:], dtype=float)
+        mask = _layers.nuclei_mask_from_layer(mask_layer) if kind == "nuclei" else None
+        scheme = _layers.layer_scheme(mask_layer)
+        mpp = _layers.layer_mpp(mask_layer)
+        new_masks = []
+        for box in boxes:
+            row0, col0, row1, col1 = box
+            tag = label(box)
+            place = {"translate": tuple(translate + scale * (row0, col0)), "scale": tuple(scale)}
+            prov = make_provenance("crop", layer=mask_layer.name, box=[row0, col0, row1, col1],
+                                   crop_offset=[row0, col0], shape=[row1 - row0, col1 - col0])
+            if image_layer is not None:
+                data = crop_array(np.asarray(image_layer.data), box)
+                meta = {"histogen": {**((image_layer.metadata or {}).get("histogen") or {"kind": "image"}),
+                                     "provenance": make_provenance("crop", layer=image_layer.name,
+                                                                   box=[row0, col0, row1, col1],
+                                                                   crop_offset=[row0, col0])}}
+                self.viewer.add_image(data, name=f"{image_layer.name} {tag}", rgb=getattr(image_layer, "rgb", None),
+                                      metadata=meta, units=tuple(image_layer.units), **place)
+            if kind == "nuclei":
+                out = _layers.nuclei_layer_data(crop_nuclei(mask, box), f"{mask_layer.name} {tag}", provenance=prov)
+            else:
+                out = _layers.tissue_layer_data(crop_array(np.asarray(mask_layer.data), box), scheme,
+                                                f"{mask_layer.name} {tag}", mpp=mpp, provenance=prov)
+            out[1].update(place)
+            new_masks.append(self._add(out))
+        if self.crop_hide_check.isChecked():
+            for lyr in (mask_layer, image_layer):
+                if lyr is not None:
+                    lyr.visible = False
+            for lyr in self.viewer.layers:
+                if lyr.__class__.__name__ == "Shapes" and lyr.name == "crop rectangle":
+                    lyr.visible = False
+        return new_masks
+
+    @guarded
+    def crop(self, layer=None, box=None):
+        """Crop the selected mask (and the image on its pixel grid) to a box, as new layers in place.
+
+        The box: ``box`` (row0, col0, row1, col1) when given, else the last rectangle of the top
+        Shapes layer, else the size around the view's centre. Returns the new mask layer.
+        """
+        from ..core.crops import box_around
+
+        layer, shape, image = self._crop_source(layer)
+        if box is None:
+            box = self._rectangle_box(layer, shape)
+        if box is None:
+            scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+            camera = scene.camera if scene is not None and hasattr(scene, "camera") else self.viewer.camera
+            centre = np.asarray(layer.world_to_data(np.asarray(camera.center)[-layer.ndim:]))[-2:]
+            box = box_around(centre, self._crop_size(layer), shape)
+        new = self._add_crops(layer, image, [tuple(int(v) for v in box)],
+                              lambda b: f"[{b[0]}:{b[2]}, {b[1]}:{b[3]}]")[0]
+        self.status.setText(f"Cropped '{layer.name}' to rows {box[0]}-{box[2]}, columns {box[1]}-{box[3]} "
+                            f"({box[3] - box[1]}x{box[2] - box[0]} px)" + (f" with '{image.name}'." if image else "."))
+        return new
+
+    @guarded
+    def tile(self, layer=None, size: int | None = None):
+        """Cut the selected mask (and its image) into tiles of ``size`` px (default: the size box)."""
+        from ..core.crops import tile_boxes
+
+        layer, shape, image = self._crop_source(layer)
+        size = int(size) if size else self._crop_size(layer)
+        boxes = tile_boxes(shape, size)
+        if len(boxes) > 64:
+            raise HistogenInputError(f"{len(boxes)} tiles of {size} px would be {len(boxes)} layers; choose a larger "
+                                     "size (at most 64 tiles), or use histogen synthesize --tile for whole folders.")
+        new = self._add_crops(layer, image, boxes, lambda b: f"tile [{b[0]}:{b[2]}, {b[1]}:{b[3]}]")
+        self.status.setText(f"Cut '{layer.name}' into {len(new)} tiles of {size} px.")
+        return new
 
     # ------------------------------------------------------------------------------------
     # export
