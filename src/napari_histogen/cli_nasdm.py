@@ -169,7 +169,8 @@ def add_nasdm_parser(engines) -> None:
     p.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
     p.add_argument("--mask-batch", type=positive_int, default=None,
                    help="masks of a folder sampled together, their samples sharing network batches of --batch-size "
-                        "(same images, faster); default batch-size // n, 1 = one mask at a time")
+                        "(the same images); default on CUDA batch-size // n, on CPU 1 (one mask at a time: larger "
+                        "batches are not faster there)")
     p.add_argument("--tile", action="store_true", help="cut masks larger than the model's patch into tiles")
     p.add_argument("--scheme", default=None, help="class scheme for mask files that do not record one")
     add_device_options(p)

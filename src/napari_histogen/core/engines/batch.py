@@ -96,8 +96,9 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
     mask_batch : int, optional
         Masks (or tiles) sampled together: their samples share network calls of
         ``request.batch_size`` images (:meth:`NasdmEngine.run_many`), which gives the same
-        images as one mask at a time, faster. Default: enough masks to fill a batch
-        (``batch_size // n_samples``, at least 1); 1 samples one mask at a time.
+        images as one mask at a time (up to float rounding). Default: on CUDA enough masks to
+        fill a batch (``batch_size // n_samples``, at least 1); on CPU 1, one mask at a time,
+        since larger batches were measured slower per patch there (docs/performance.md).
 
     A mask that cannot be used (wrong scheme, empty, too large without ``tile``) is skipped
     with its reason; the others go on. Output names are ``<mask>_s<seed>`` (plus the tile).
@@ -113,7 +114,8 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
     if request.steps is None:  # the model's recommendation, as the engine takes it (it drives the progress total)
         request = replace(request, steps=engine.recommended()["steps"])
     if mask_batch is None:
-        mask_batch = max(1, int(request.batch_size) // int(request.n_samples))
+        on_gpu = getattr(engine.device, "type", "cpu") == "cuda"
+        mask_batch = max(1, int(request.batch_size) // int(request.n_samples)) if on_gpu else 1
     if int(mask_batch) < 1:
         raise HistogenInputError(f"The mask batch must be at least 1, not {mask_batch}.")
     report = BatchReport()
