@@ -11,6 +11,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from napari_histogen import _layers  # noqa: E402
+from napari_histogen.core.errors import HistogenInputError  # noqa: E402
 from napari_histogen.core.masks import NucleiMask  # noqa: E402
 from napari_histogen.core.sample import ihc_sample, nucls_sample  # noqa: E402
 from napari_histogen.core.schemes import get_scheme  # noqa: E402
@@ -270,6 +271,7 @@ def test_convert_the_nucls_sample_to_consep_in_two_clicks(dock, qtbot, errors):
     nuclei = viewer.layers[f"{item.name} nuclei"]
     widget.target_combo.setCurrentText(nuclei.name)
     widget.to_scheme_combo.setCurrentText("consep")
+    assert widget.unclassified_combo.currentText() == "other"  # NASDM needs a class for every nucleus
     qtbot.mouseClick(widget.convert_scheme_btn, Qt.LeftButton)
     converted = viewer.layers[f"{nuclei.name} → consep"]
     assert _layers.layer_scheme(converted).name == "consep"
@@ -277,12 +279,25 @@ def test_convert_the_nucls_sample_to_consep_in_two_clicks(dock, qtbot, errors):
     nucls, consep = get_scheme("nucls"), get_scheme("consep")
     table = {"tumor_any": "epithelial", "nonTIL_stromal": "spindle", "sTIL": "inflammatory", "other_nucleus": "other"}
     new_classes = _layers.classes_from_features(converted.features)
+    assert 0 in item.nuclei.classes.values()  # the sample has unclassified nuclei: they became 'other'
     for nid, cls in item.nuclei.classes.items():
-        assert new_classes[nid] == (0 if cls == 0 else consep.id_of(table[nucls.name_of(cls)]))
+        assert new_classes[nid] == consep.id_of("other" if cls == 0 else table[nucls.name_of(cls)])
+    assert "unclassified nuclei → other" in widget.status.text()
     some = next(i for i, c in new_classes.items() if c)
     assert _colour_of(converted, some) == consep.color(new_classes[some])
-    # the mask the NASDM dock reads is a CoNSeP mask now
-    assert _layers.nuclei_mask_from_layer(converted).scheme.name == "consep"
+    # the mask the NASDM engine reads now passes its checks against the default model (scheme, classes,
+    # size, scale), where the NuCLS mask was refused
+    from napari_histogen.core.engines.nasdm import prepare_mask, read_model_config
+
+    config = read_model_config(None)
+    if config is not None:
+        with pytest.raises(HistogenInputError, match="Convert the mask"):
+            prepare_mask(_layers.nuclei_mask_from_layer(nuclei), config)
+        prepared, _ = prepare_mask(_layers.nuclei_mask_from_layer(converted), config)
+        assert prepared.scheme.name == "consep"
+    # keep: unclassified nuclei stay so
+    kept = widget.convert_scheme(nuclei, "consep")
+    assert 0 in _layers.classes_from_features(kept.features).values()
     # points convert too
     points = viewer.layers[f"{item.name} points"]
     conv_points = widget.convert_scheme(points, "consep")
@@ -369,6 +384,17 @@ def test_crop_the_ihc_sample_to_a_rectangle_and_tile_it(dock, errors):
     widget.target_combo.setCurrentText(nuclei.name)
     centred = widget.crop(nuclei)
     assert centred.data.shape == (100, 100)
+    # 'model patch': the default model's patch at the mask's scale, which the NASDM engine takes
+    from napari_histogen.core.engines.nasdm import prepare_mask, read_model_config
+
+    config = read_model_config(None)
+    if config is not None:
+        widget.crop_size_spin.setValue(0)
+        patch = widget.crop(nuclei)
+        side = round(config.image_size * config.mpp / item.mpp)
+        assert patch.data.shape == (side, side)
+        prepared, _ = prepare_mask(_layers.nuclei_mask_from_layer(patch), config)
+        assert prepared.shape == (config.image_size, config.image_size)
 
     # tiles of 256 px cover the 512 px sample in four tiles (mask and image each)
     tiles = widget.tile(nuclei, 256)

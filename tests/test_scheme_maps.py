@@ -167,3 +167,41 @@ def test_boxes_tiles_and_crops():
     np.testing.assert_array_equal(crop_array(image, (16, 16, 32, 32)), image[16:32, 16:32])
     with pytest.raises(HistogenInputError, match="not inside"):
         crop_array(image, (0, 0, 50, 10))
+
+
+def test_cli_convert_scheme_and_class_map(tmp_path, capsys):
+    from napari_histogen.cli import main
+    from napari_histogen.core.io.dispatch import read_annotated
+
+    # NuCLS sample -> CoNSeP, unclassified nuclei given 'other'
+    from napari_histogen.core.io.bundle import write_annotated_bundle
+
+    sample = nucls_sample()
+    files = write_annotated_bundle(sample, tmp_path / "nucls")
+    out = tmp_path / "consep"
+    assert main(["convert-scheme", str(files["ome_tiff"]), "--to", "consep", "--unclassified", "other",
+                 "--out", str(out)]) == 0
+    assert "tumor_any -> epithelial" in capsys.readouterr().out
+    back = read_annotated(next(out.glob("*.ome.tif")))
+    assert back.nuclei.scheme.name == "consep" and 0 not in back.nuclei.classes.values()
+    assert back.nuclei.n_nuclei == sample.nuclei.n_nuclei
+
+    # a QuPath export with a class of its own: refused with how to map it, then mapped
+    qp = write_qupath_geojson(tmp_path / "qp.geojson", [("Tumor", 10, 10, 6), ("Ki67 positive", 30, 10, 6)])
+    assert main(["convert-scheme", str(qp), "--to", "consep", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "'Ki67 positive'" in err and "--class-map" in err and "\n" not in err.strip()
+    assert main(["convert-scheme", str(qp), "--to", "consep", "--class-map", "Ki67 positive=epithelial",
+                 "--out", str(tmp_path / "b")]) == 0
+    mapped = read_annotated(next((tmp_path / "b").glob("*.geojson")))
+    assert sorted(mapped.nuclei.classes.values()) == [3, 3]
+
+    # histogen convert reads it into a scheme with --class-map (a YAML file here)
+    (tmp_path / "map.yaml").write_text("Tumor: epithelial\nKi67 positive: inflammatory\n")
+    assert main(["convert", str(qp), "--scheme", "consep", "--class-map", str(tmp_path / "map.yaml"),
+                 "--out", str(tmp_path / "c")]) == 0
+    converted = read_annotated(next((tmp_path / "c").glob("*.geojson")))
+    assert sorted(converted.nuclei.classes.values()) == [2, 3]
+    # a class map on a format without class names is refused plainly
+    assert main(["convert", str(files["ome_tiff"]), "--class-map", "a=b", "--out", str(tmp_path / "d")]) == 2
+    assert "GeoJSON" in capsys.readouterr().err

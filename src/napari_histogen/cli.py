@@ -124,7 +124,8 @@ def cmd_convert_scheme(args) -> int:
 
     check_out_dir(args.out)
     class_map = parse_class_map(args.class_map)
-    item = read_converted(args.input, args.to, class_map=class_map, index=args.index, scheme=args.scheme)
+    item = read_converted(args.input, args.to, class_map=class_map, index=args.index, scheme=args.scheme,
+                          unclassified=args.unclassified)
     files = write_annotated_bundle(item, args.out, provenance=make_provenance(
         "histogen convert-scheme", input=Path(args.input).name, to=args.to, class_map=class_map))
     conversion = item.provenance.get("scheme_conversion", {})
@@ -275,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv_scheme.add_argument("--class-map", default=None, metavar="NAME=CLASS,...",
                              help="classes without a known equivalent: \"Positive=epithelial,Negative=unclassified\" "
                                   "or a .json/.yaml file of {NAME: CLASS}")
+    conv_scheme.add_argument("--unclassified", default=None, metavar="CLASS",
+                             help="class for the nuclei without one (NASDM needs a class for every nucleus; "
+                                  "e.g. other); default: keep them unclassified")
     conv_scheme.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
     conv_scheme.add_argument("--index", type=nonneg_int, default=None, help="patch index in a dataset array")
     conv_scheme.add_argument("--scheme", default=None, help="class scheme of the input, for files that do not record one")

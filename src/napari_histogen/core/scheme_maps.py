@@ -216,7 +216,8 @@ def map_schemes(source, target, overrides: Mapping[str, str] | None = None) -> S
     return SchemeMapping(source, target, ids, tuple(unmapped))
 
 
-def convert_nuclei_scheme(nuclei: NucleiMask, target, overrides: Mapping[str, str] | None = None) -> NucleiMask:
+def convert_nuclei_scheme(nuclei: NucleiMask, target, overrides: Mapping[str, str] | None = None, *,
+                          unclassified: str | None = None) -> NucleiMask:
     """The same nuclei with the classes of scheme ``target``.
 
     Parameters
@@ -226,13 +227,16 @@ def convert_nuclei_scheme(nuclei: NucleiMask, target, overrides: Mapping[str, st
     overrides : mapping of str to str, optional
         Source class name -> target class name, for classes without a known equivalent (or to
         change one); ``"unclassified"`` leaves those nuclei without a class.
+    unclassified : str, optional
+        Target class for the nuclei that have no class yet (NASDM needs a class for every
+        nucleus); None keeps them unclassified.
 
     Returns
     -------
     NucleiMask
-        New mask (the input is not modified): same instances and scale, classes mapped,
-        unclassified nuclei still unclassified; ``metadata['scheme_conversion']`` records
-        ``from``, ``to`` and the ``mapping`` by name.
+        New mask (the input is not modified): same instances and scale, classes mapped;
+        ``metadata['scheme_conversion']`` records ``from``, ``to``, the ``mapping`` by name
+        and, when given, ``unclassified``.
 
     Raises
     ------
@@ -243,10 +247,20 @@ def convert_nuclei_scheme(nuclei: NucleiMask, target, overrides: Mapping[str, st
         raise HistogenInputError(f"Expected a NucleiMask, not {type(nuclei).__name__}.")
     mapping = map_schemes(nuclei.scheme, target, overrides)
     _check_used(mapping, nuclei.classes.values())
-    out = remap_classes(nuclei, mapping.target, mapping.ids)
+    default = _unclassified_id(mapping.target, unclassified)
+    # every used class is mapped, so remap_classes' default reaches only the unclassified nuclei
+    out = remap_classes(nuclei, mapping.target, mapping.ids, default=default or None)
     out.metadata["scheme_conversion"] = {"from": nuclei.scheme.name, "to": mapping.target.name,
-                                         "mapping": mapping.names()}
+                                         "mapping": mapping.names(),
+                                         **({"unclassified": unclassified} if default else {})}
     return out
+
+
+def _unclassified_id(target: ClassScheme, name: str | None) -> int:
+    """Class id for the unclassified nuclei (0: keep them unclassified)."""
+    if name is None or not str(name).strip():
+        return UNCLASSIFIED
+    return _target_id(target, str(name), what="'unclassified'")
 
 
 def _check_used(mapping: SchemeMapping, class_ids) -> None:
@@ -261,16 +275,17 @@ def _check_used(mapping: SchemeMapping, class_ids) -> None:
         )
 
 
-def convert_class_ids(class_ids, source, target, overrides: Mapping[str, str] | None = None) -> np.ndarray:
+def convert_class_ids(class_ids, source, target, overrides: Mapping[str, str] | None = None, *,
+                      unclassified: str | None = None) -> np.ndarray:
     """Class ids of ``source`` (a point layout's classes) as class ids of ``target``.
 
-    Returns a new int64 array; 0 stays 0. Raises like :func:`convert_nuclei_scheme` for a used
-    class that nothing maps.
+    Returns a new int64 array; 0 stays 0 (or becomes ``unclassified``'s class). Raises like
+    :func:`convert_nuclei_scheme` for a used class that nothing maps.
     """
     mapping = map_schemes(source, target, overrides)
     ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
     _check_used(mapping, ids.tolist())
-    lut = {**mapping.ids, UNCLASSIFIED: UNCLASSIFIED}
+    lut = {**mapping.ids, UNCLASSIFIED: _unclassified_id(mapping.target, unclassified)}
     return np.array([lut[int(c)] for c in ids], dtype=np.int64)
 
 

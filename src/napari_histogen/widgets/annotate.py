@@ -48,6 +48,8 @@ from ._guard import guarded, notify_info
 NEXT_NUCLEUS_KEY = "n"
 #: the class-map table's entry for "no choice yet"
 CHOOSE = "(choose)"
+#: the "unclassified ->" choice that leaves unclassified nuclei as they are
+KEEP_UNCLASSIFIED = "keep"
 
 
 class AnnotateWidget(QWidget):
@@ -171,9 +173,15 @@ class AnnotateWidget(QWidget):
         self.convert_scheme_btn.setToolTip("A copy of the selected layer with the classes of the chosen scheme "
                                            "(known equivalences; a table asks for the rest)")
         self.convert_scheme_btn.clicked.connect(lambda: self.convert_scheme())
+        self.unclassified_combo = QComboBox()
+        self.unclassified_combo.setToolTip("Class for the nuclei that have none (NASDM needs a class for every "
+                                           "nucleus); 'keep' leaves them unclassified")
+        self.to_scheme_combo.currentTextChanged.connect(self._on_to_scheme_changed)
         conv.addWidget(QLabel("to scheme"), 3, 0)
         conv.addWidget(self.to_scheme_combo, 3, 1)
         conv.addWidget(self.convert_scheme_btn, 3, 2, 1, 2)
+        conv.addWidget(QLabel("unclassified →"), 4, 0)
+        conv.addWidget(self.unclassified_combo, 4, 1)
         layout.addWidget(convert_box)
 
         # -- class map (GeoJSON classes the scheme lacks, conversions without a known equivalent)
@@ -277,6 +285,21 @@ class AnnotateWidget(QWidget):
         self.to_scheme_combo.clear()
         self.to_scheme_combo.addItems(list(list_schemes("nuclei")))
         self.to_scheme_combo.setCurrentText(target)
+
+    def _on_to_scheme_changed(self, name: str = ""):
+        """Offer the target's classes for unclassified nuclei; its 'other' class, when it has one."""
+        self.unclassified_combo.clear()
+        self.unclassified_combo.addItem(KEEP_UNCLASSIFIED)
+        try:
+            target = get_scheme(name) if name else None
+        except HistogenInputError:
+            target = None
+        if target is None:
+            return
+        self.unclassified_combo.addItems(list(target.names))
+        other = next((n for n in target.names if n.lower() == "other"), None)
+        if other is not None:
+            self.unclassified_combo.setCurrentText(other)
 
     def _refresh_layer_lists(self, event=None):
         for combo, layers in ((self.image_combo, self._image_layers()), (self.target_combo, self._annotation_layers())):
@@ -762,12 +785,14 @@ class AnnotateWidget(QWidget):
     # ------------------------------------------------------------------------------------
     # scheme conversion
     @guarded
-    def convert_scheme(self, layer=None, target=None, overrides=None):
+    def convert_scheme(self, layer=None, target=None, overrides=None, unclassified: str | None = KEEP_UNCLASSIFIED):
         """A copy of a nuclei mask or point layout with the classes of scheme ``target``.
 
         Classes with a known equivalent (same name, or e.g. NuCLS ``tumor_any`` -> CoNSeP
         ``epithelial``) convert at once; otherwise the class-map table asks for the rest and
-        Apply converts. Returns the new layer (None while the table waits).
+        Apply converts. Unclassified nuclei take the class ``unclassified`` (default: the
+        dock's "unclassified →" choice when ``target`` is not given, else keep them).
+        Returns the new layer (None while the table waits).
         """
         from ..core.scheme_maps import convert_class_ids, convert_nuclei_scheme, map_schemes
 
@@ -775,39 +800,49 @@ class AnnotateWidget(QWidget):
         kind = _layers.layer_kind(layer) if layer is not None else None
         if kind not in ("nuclei", "points"):
             raise HistogenInputError("Select a nuclei mask or point layout in the dock's layer list first.")
-        target = get_scheme(target if target is not None else self.to_scheme_combo.currentText() or "consep")
+        if target is None:
+            target = self.to_scheme_combo.currentText() or "consep"
+            unclassified = self.unclassified_combo.currentText()
+        target = get_scheme(target)
+        unclassified = None if unclassified in (None, "", KEEP_UNCLASSIFIED) else unclassified
         source = _layers.layer_scheme(layer)
         if kind == "nuclei":
             mask = _layers.nuclei_mask_from_layer(layer)
-            used = set(mask.classes.values())
+            values = [int(c) for c in mask.classes.values()]
         else:
-            used = set(layer.features["class"].tolist()) if len(layer.data) else set()
+            values = [int(c) for c in layer.features["class"].tolist()] if len(layer.data) else []
+        used = set(values)
         mapping = map_schemes(source, target, overrides)
         missing = [source.name_of(c) for c in sorted(used - {UNCLASSIFIED}) if c not in mapping.ids]
         if missing and overrides is None:
             names = [source.name_of(c) for c in sorted(used - {UNCLASSIFIED})]
             message = (f"No '{target.name}' class is known for {', '.join(missing)}: choose one for each, then Apply.")
             self.show_class_map(names, target, mapping.names(),
-                                lambda chosen: self.convert_scheme(layer, target, chosen), message)
+                                lambda chosen: self.convert_scheme(layer, target, chosen, unclassified), message)
             notify_info(message)
             return None
         name = f"{layer.name} → {target.name}"
         prov = make_provenance("convert scheme", layer=layer.name, source=source.name, target=target.name,
-                               mapping=mapping.names())
+                               mapping=mapping.names(), unclassified=unclassified)
         if kind == "nuclei":
-            converted = convert_nuclei_scheme(mask, target, overrides)
+            converted = convert_nuclei_scheme(mask, target, overrides, unclassified=unclassified)
             data = _layers.nuclei_layer_data(converted, name, provenance=prov)
         else:
             classes = convert_class_ids(layer.features["class"].to_numpy() if len(layer.data) else [], source,
-                                        target, overrides)
+                                        target, overrides, unclassified=unclassified)
             data = _layers.points_layer_data(np.asarray(layer.data), classes, target, name,
                                              mpp=_layers.layer_mpp(layer), provenance=prov)
         data[1]["translate"] = tuple(layer.translate)
         data[1]["scale"] = tuple(layer.scale)
         new = self._add(data)
         layer.visible = False  # the copy lies exactly on it
+        n_unclassified = values.count(UNCLASSIFIED)
+        note = ""
+        if n_unclassified:
+            note = (f" {n_unclassified} unclassified nuclei → {unclassified}." if unclassified else
+                    f" {n_unclassified} nuclei stay unclassified (NASDM needs a class for each).")
         self.status.setText(f"'{new.name}': {source.name} → {target.name} ("
-                            + ", ".join(f"{a} → {b}" for a, b in mapping.names().items()) + ").")
+                            + ", ".join(f"{a} → {b}" for a, b in mapping.names().items()) + ")." + note)
         return new
 
     # ------------------------------------------------------------------------------------

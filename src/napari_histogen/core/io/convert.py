@@ -14,29 +14,33 @@ from .annotated import AnnotatedImage
 __all__ = ["convert_annotated", "read_converted"]
 
 
-def convert_annotated(item: AnnotatedImage, target, overrides: Mapping[str, str] | None = None) -> AnnotatedImage:
+def convert_annotated(item: AnnotatedImage, target, overrides: Mapping[str, str] | None = None, *,
+                      unclassified: str | None = None) -> AnnotatedImage:
     """``item`` with its nuclei mask and point layout in scheme ``target`` (a new object).
 
     ``overrides`` (source class name -> target class name) maps classes without a known
-    equivalent; see :func:`~napari_histogen.core.scheme_maps.convert_nuclei_scheme`. The image
-    and the tissue mask are shared, not copied; the provenance records the conversion.
+    equivalent, ``unclassified`` names a class for the nuclei without one; see
+    :func:`~napari_histogen.core.scheme_maps.convert_nuclei_scheme`. The image and the tissue
+    mask are shared, not copied; the provenance records the conversion.
     """
     target = get_scheme(target)
-    nuclei = convert_nuclei_scheme(item.nuclei, target, overrides) if item.nuclei is not None else None
-    points = dict(point_classes=item.point_classes, point_scheme=item.point_scheme)
-    if item.point_classes is not None and item.point_scheme is not None and item.point_scheme.kind == "nuclei":
-        points = dict(point_classes=convert_class_ids(item.point_classes, item.point_scheme, target, overrides),
-                      point_scheme=target)
+    nuclei = (convert_nuclei_scheme(item.nuclei, target, overrides, unclassified=unclassified)
+              if item.nuclei is not None else None)
+    point_classes, point_scheme = item.point_classes, item.point_scheme
+    if point_classes is not None and point_scheme is not None and point_scheme.kind == "nuclei":
+        point_classes = convert_class_ids(point_classes, point_scheme, target, overrides, unclassified=unclassified)
+        point_scheme = target
     source = item.nuclei.scheme.name if item.nuclei is not None else getattr(item.point_scheme, "name", None)
     provenance = {**item.provenance, "scheme_conversion": {
         "from": source, "to": target.name,
         **({"mapping": nuclei.metadata["scheme_conversion"]["mapping"]} if nuclei is not None else {}),
-        **({"overrides": dict(overrides)} if overrides else {})}}
-    return replace(item, nuclei=nuclei, provenance=provenance, **points)
+        **({"overrides": dict(overrides)} if overrides else {}),
+        **({"unclassified": unclassified} if unclassified else {})}}
+    return replace(item, nuclei=nuclei, provenance=provenance, point_classes=point_classes, point_scheme=point_scheme)
 
 
 def read_converted(path, target, *, class_map: Mapping[str, str] | None = None, index: int | None = None,
-                   scheme=None) -> AnnotatedImage:
+                   scheme=None, unclassified: str | None = None) -> AnnotatedImage:
     """Read an annotation file (any format of :func:`~.dispatch.read_annotated`) into scheme ``target``.
 
     The file is read in its own scheme (recorded, given as ``scheme``, or found from the class
@@ -44,6 +48,7 @@ def read_converted(path, target, *, class_map: Mapping[str, str] | None = None, 
     classes of its own) is read straight into ``target`` instead: each name takes its entry in
     ``class_map``, else the known equivalent (same name, or e.g. QuPath ``Tumor`` ->
     CoNSeP ``epithelial``); names with neither are refused, listed, with how to map them.
+    ``unclassified`` names a class for the nuclei without one (None keeps them unclassified).
 
     Raises
     ------
@@ -64,12 +69,14 @@ def read_converted(path, target, *, class_map: Mapping[str, str] | None = None, 
 
         lowered = {k.strip().lower(): v for k, v in class_map.items()}
         names = geojson_class_names(base)
-        merged = {n: lowered.get(n.lower()) or suggested for n, suggested in suggest_class_map(names, target).items()}
-        missing = [n for n, t in merged.items() if t is None]
+        suggested = suggest_class_map(names, target)
+        merged = {n: t for n in names if (t := lowered.get(n.lower()) or suggested[n]) is not None}
+        missing = [n for n in names if n not in merged]
         if missing:
             raise UnknownClassError(
                 f"{base.name}: no '{target.name}' class is known for {', '.join(repr(m) for m in missing)}. Map them, "
                 f"e.g. --class-map \"{missing[0]}={target.names[0]}\" ({', '.join(target.names)}, or unclassified)."
             ) from None
-        return read_geojson(base, scheme=target, class_map=merged)
-    return convert_annotated(item, target, class_map)
+        item = read_geojson(base, scheme=target, class_map=merged)
+        return convert_annotated(item, target, unclassified=unclassified) if unclassified else item
+    return convert_annotated(item, target, class_map, unclassified=unclassified)

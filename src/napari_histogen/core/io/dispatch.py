@@ -69,6 +69,9 @@ def read_annotated(path, *, index: int | None = None, scheme=None, class_map=Non
     if not base.exists():
         raise HistogenInputError(f"No file or folder at {base}.")
     name = base.name.lower()
+    if class_map and not name.endswith((".geojson", ".json")):
+        raise HistogenInputError(f"{base.name}: a class map applies to GeoJSON files (class names); for other "
+                                 "formats convert the scheme instead (histogen convert-scheme).")
     if name.endswith((".ome.tif", ".ome.tiff")):
         from .ome_tiff import read_ome_tiff
 
@@ -77,9 +80,6 @@ def read_annotated(path, *, index: int | None = None, scheme=None, class_map=Non
         from .geojson import read_geojson
 
         return read_geojson(base, scheme=scheme, class_map=class_map)
-    if class_map:
-        raise HistogenInputError(f"{base.name}: a class map applies to GeoJSON files (class names); for other "
-                                 "formats convert the scheme instead (histogen convert-scheme).")
     if name.endswith(".mat"):
         from ._matfile import load_mat
 
