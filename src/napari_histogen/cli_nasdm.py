@@ -50,25 +50,54 @@ def _family_settings(args):
 
 def cmd_train_nasdm(args) -> int:
     """Train or resume a NASDM model (pixel or latent family) on a labelled dataset."""
+    from .core.distributed import init_from_environment, launch
+
     settings = _family_settings(args)
-    bar = ProgressBar("training", "step")
-    try:
+    processes = int(getattr(args, "num_processes", 1) or 1)
+    if processes > 1 or init_from_environment(settings.device).size > 1:
         if args.family == "latent":
+            from .core.errors import HistogenInputError
+
+            raise HistogenInputError("Data-parallel training (--num-processes, torchrun) is for pixel NASDM so far; "
+                                     "train latent NASDM in one process.")
+        if processes > 1:
+            from .core.devices import resolve_device
+
+            launch(_train_process, processes, (settings, args.family), device=resolve_device(settings.device).type)
+            return 0
+    _train_process(settings, args.family)
+    return 0
+
+
+def _train_process(settings, family: str) -> None:
+    """One process of a training run (the only one, or one of a group): the first reports."""
+    from .core.distributed import world
+
+    main = world().main
+    bar = ProgressBar("training", "step") if main else None
+    say = eprint if main else (lambda message: None)
+    try:
+        if family == "latent":
             from .core.latent.train import train_latent_nasdm
 
-            result = train_latent_nasdm(settings, progress=bar, log_fn=eprint)
+            result = train_latent_nasdm(settings, progress=bar, log_fn=say)
         else:
             from .core.nasdm.train import train_nasdm
 
-            result = train_nasdm(settings, progress=bar, log=eprint)
+            result = train_nasdm(settings, progress=bar, log=say)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+    if main:
+        _print_trained(result)
+
+
+def _print_trained(result) -> None:
     print(f"Trained to step {result.step} in {result.seconds:.0f} s (last loss {result.last_loss}).")
     print(f"  model        {result.model_path}")
     for grid in result.sample_grids[-1:]:
         print(f"  sample grid  {grid}")
     print(f"  log          {result.run_dir / 'log.csv'}")
-    return 0
 
 
 def cmd_synthesize_nasdm(args) -> int:
@@ -78,7 +107,8 @@ def cmd_synthesize_nasdm(args) -> int:
 
     paths = collect_masks(args.mask)
     request = NasdmRequest(n_samples=args.n, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                           variance=args.variance, seed=args.seed, batch_size=args.batch_size)
+                           variance=args.variance, seed=args.seed, batch_size=args.batch_size,
+                           tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, tile_weight=args.tile_weight)
     engine = NasdmEngine(args.model, device=args.device, precision=args.precision)
     info = engine.describe()
     eprint(f"Model {info['model']} ({info['weights']}, sha256 {info['sha256'][:12]}..."
@@ -140,11 +170,15 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--workers", type=nonneg_int, default=0, help="data loader processes")
     p.add_argument("--max-patches", type=positive_int, default=None, help="use only the first N training patches")
+    p.add_argument("--num-processes", type=positive_int, default=1,
+                   help="pixel: data-parallel processes (one GPU each on CUDA, gloo on CPU); --batch-size is the "
+                        "global batch, split evenly, and the weights are those of one process")
     p.set_defaults(func=cmd_train_nasdm)
 
 
 def add_nasdm_parser(engines) -> None:
     """Add ``nasdm`` to the engines of ``histogen synthesize`` (defaults: :class:`NasdmRequest`'s)."""
+    from .core.diffusion.tiled import WEIGHTS
     from .core.engines.nasdm import DEFAULT_STEPS_CPU, DEFAULT_STEPS_GPU, SAMPLERS, VARIANCES, NasdmRequest
 
     d = defaults_of(NasdmRequest)
@@ -171,7 +205,15 @@ def add_nasdm_parser(engines) -> None:
                    help="masks of a folder sampled together, their samples sharing network batches of --batch-size "
                         "(the same images); default on CUDA batch-size // n, on CPU 1 (one mask at a time: larger "
                         "batches are not faster there)")
-    p.add_argument("--tile", action="store_true", help="cut masks larger than the model's patch into tiles")
+    p.add_argument("--tile", action="store_true",
+                   help="cut masks larger than the model's patch into independent tiles (naive tiling, seams "
+                        "show; without it a large mask is one seamless canvas of overlapping tiles)")
+    p.add_argument("--tile-overlap", type=float, default=d["tile_overlap"],
+                   help="large masks: overlap of neighbouring tiles as a fraction of a tile (0-0.9)")
+    p.add_argument("--tile-batch", type=positive_int, default=d["tile_batch"],
+                   help="large masks: tiles per network call (memory; the images do not depend on it)")
+    p.add_argument("--tile-weight", default=d["tile_weight"], choices=WEIGHTS,
+                   help="large masks: how overlapping tiles are recombined (pathup = PathUp eq. 6)")
     p.add_argument("--scheme", default=None, help="class scheme for mask files that do not record one")
     add_device_options(p)
     p.set_defaults(func=cmd_synthesize_nasdm)
