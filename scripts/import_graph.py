@@ -9,18 +9,18 @@ The layers, lowest first (a module may import its own layer and the ones below i
 
 =====  ============  ===================================================================
  0     foundation    the package roots, core.errors, core.progress, core.provenance, core.devices, core.schemes,
-                     core.settings
+                     core.settings, core.distributed
  1     domain        core.images, core.masks, core.points, core.render, core.scheme_maps, core.crops
  2     io            core.io
  3     models        core.diffusion, core.nasdm, core.latent, core.transfer, core.models,
-                     core.metrics (model code and its numerics; one package per family)
+                     core.metrics, core.segment (model code and its numerics; one package per family)
  4     engines       core.engines (the contract, the registry, one module per engine, batch runs)
- 5     workflows     core.sample, core.demo, core.study (products built on engines and io)
+ 5     workflows     core.sample, core.demo, core.study, core.downstream (products built on engines and io)
  6     front ends    cli*, widgets, _layers, _reader, _writer, _sample_data (napari / command line)
 =====  ============  ===================================================================
 
 Within the models layer the families are independent: the NASDM family (``core.nasdm``,
-``core.latent``) and ``core.transfer`` do not import each other (``core.diffusion``,
+``core.latent``), ``core.transfer`` and the nuclei segmenter ``core.segment`` do not import each other (``core.diffusion``,
 ``core.models`` and ``core.metrics`` are shared by them and import none of them).
 """
 
@@ -36,18 +36,19 @@ PACKAGE = "napari_histogen"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # "" and "core": the package roots (the version string; no imports)
     ("foundation", ("", "_about", "core", "core.errors", "core.progress", "core.provenance", "core.devices", "core.schemes",
-                    "core.settings")),
+                    "core.settings", "core.distributed")),
     ("domain", ("core.images", "core.masks", "core.points", "core.render", "core.scheme_maps", "core.crops")),
     ("io", ("core.io",)),
-    ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics")),
+    ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics",
+                "core.segment")),
     ("engines", ("core.engines",)),
-    ("workflows", ("core.sample", "core.demo", "core.study")),
-    ("front ends", ("cli", "cli_common", "cli_nasdm", "cli_study", "cli_transfer", "widgets", "_layers", "_reader", "_writer",
+    ("workflows", ("core.sample", "core.demo", "core.study", "core.downstream")),
+    ("front ends", ("cli", "cli_common", "cli_evaluate", "cli_nasdm", "cli_study", "cli_transfer", "widgets", "_layers", "_reader", "_writer",
                     "_sample_data")),
 ]
 #: model families that must not import each other (one tuple per family: the latent NASDM
 #: shares the NASDM network and data code, so those two are one family)
-FAMILIES = (("core.nasdm", "core.latent"), ("core.transfer",))
+FAMILIES = (("core.nasdm", "core.latent"), ("core.transfer",), ("core.segment",))
 INDEPENDENT = tuple(p for family in FAMILIES for p in family)
 #: shared model-layer packages: they may not import a family
 SHARED_MODEL_CODE = ("core.diffusion", "core.models", "core.metrics")

@@ -309,13 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     schemes.set_defaults(func=cmd_schemes)
 
     # the engines' and the reader study's verbs live in their own modules
-    from .cli_nasdm import add_train_parser
+    from .cli_nasdm import add_merge_parser, add_train_parser
     from .cli_study import add_study_parser
 
     add_train_parser(sub)
+    add_merge_parser(sub)
     add_synthesize_parser(sub)
     add_models_parser(sub)
     add_study_parser(sub)
+    from .cli_evaluate import add_evaluate_parser  # noqa: E402 - evaluate downstream (issue 15)
+
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -27,7 +27,8 @@ from ..masks import NucleiMask, relabel_sequential, resample_nuclei
 from ..progress import ProgressCallback, check_cancel, sub_progress
 from .base import BatchReport, CancelFlag
 
-__all__ = ["BatchReport", "collect_masks", "tile_nuclei", "synthesize_masks", "choose_targets", "transfer_folder"]
+__all__ = ["BatchReport", "collect_masks", "tile_nuclei", "synthesize_masks", "merge_shards", "choose_targets",
+           "transfer_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,9 @@ def _at_model_scale(nuclei: NucleiMask, engine) -> NucleiMask:
 
 
 def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = False, scheme=None,
-                     mask_batch: int | None = None, progress: ProgressCallback = None, cancel: CancelFlag = None,
-                     log: Log | None = None, **settings) -> BatchReport:
+                     mask_batch: int | None = None, shard: tuple[int, int] | None = None,
+                     progress: ProgressCallback = None, cancel: CancelFlag = None, log: Log | None = None,
+                     **settings) -> BatchReport:
     """Synthesize ``request.n_samples`` images per mask and write the pairs to ``out_dir``.
 
     Parameters
@@ -99,6 +101,10 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
         images as one mask at a time (up to float rounding). Default: on CUDA enough masks to
         fill a batch (``batch_size // n_samples``, at least 1); on CPU 1, one mask at a time,
         since larger batches were measured slower per patch there (docs/performance.md).
+    shard : (i, n), optional
+        Synthesize only shard ``i`` of ``n`` (masks ``i-1, i-1+n, ...`` of ``mask_paths``) and
+        record it in ``shard_<i>_of_<n>.json`` once it is complete; :func:`merge_shards` checks
+        that all shards are there. Each mask's images do not depend on the shard it is in.
 
     A mask that cannot be used (wrong scheme, empty, too large without ``tile``) is skipped
     with its reason; the others go on. Output names are ``<mask>_s<seed>`` (plus the tile).
@@ -109,7 +115,11 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
     from ..io.dispatch import read_annotated
     from .nasdm import NasdmRequest, prepare_mask
 
+    from ..distributed import shard_items
+
     log = log or logger.info
+    all_paths = [Path(str(p)) for p in mask_paths]
+    mask_paths = shard_items(all_paths, shard)
     request = replace(request or NasdmRequest(), **settings)
     if request.steps is None:  # the model's recommendation, as the engine takes it (it drives the progress total)
         request = replace(request, steps=engine.recommended()["steps"])
@@ -152,7 +162,81 @@ def synthesize_masks(mask_paths, out_dir, engine, request=None, *, tile: bool = 
                 log(f"skipped {path}: {results}")
                 continue
             _write_results(out_dir, name, item, path, results, report, log)
+    if shard is not None:
+        _write_shard_record(out_dir, shard, all_paths, mask_paths, report)
     return report
+
+
+def _inputs_id(paths) -> str:
+    """One id for the list of all masks of a sharded run (the shards must agree on it)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(p.name for p in paths).encode()).hexdigest()[:16]
+
+
+def _write_shard_record(out_dir, shard: tuple[int, int], all_paths, paths, report: BatchReport) -> Path:
+    import json
+
+    i, n = shard
+    record = {"shard": [i, n], "inputs": _inputs_id(all_paths), "n_inputs": len(all_paths),
+              "masks": [p.name for p in paths], "written": [stem for stem, _ in report.written],
+              "skipped": [[str(p), r] for p, r in report.skipped], "complete": True}
+    path = Path(out_dir) / f"shard_{i}_of_{n}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)  # the record appears only once the shard is complete
+    return path
+
+
+def merge_shards(out_dir) -> dict:
+    """Check that every shard of a sharded run in ``out_dir`` is complete; write ``shards.json``.
+
+    Returns the merged record (``written`` stems, ``skipped`` masks, ``n_inputs``).
+
+    Raises
+    ------
+    HistogenInputError
+        No shard records, shards of different runs, missing shards (named, to rerun them), or
+        a written image that is gone.
+    """
+    import json
+    import re
+
+    folder = Path(out_dir)
+    records = {}
+    for path in sorted(folder.glob("shard_*_of_*.json")):
+        if re.fullmatch(r"shard_\d+_of_\d+\.json", path.name):
+            record = json.loads(path.read_text())
+            records[tuple(record["shard"])] = record
+    if not records:
+        raise HistogenInputError(f"{folder} holds no shard records (shard_I_of_N.json); run the shards with --shard "
+                                 "I/N and this folder as --out.")
+    counts = {n for _, n in records}
+    inputs = {r["inputs"] for r in records.values()}
+    if len(counts) > 1 or len(inputs) > 1:
+        raise HistogenInputError(f"{folder} holds shards of different runs (shard counts {sorted(counts)}, "
+                                 f"{len(inputs)} mask lists); keep one run's shards per folder.")
+    n = counts.pop()
+    missing = [i for i in range(1, n + 1) if (i, n) not in records]
+    if missing:
+        raise HistogenInputError(f"Shards {', '.join(f'{i}/{n}' for i in missing)} are missing or unfinished in "
+                                 f"{folder}; run them (--shard I/{n}) and merge again.")
+    ordered = [records[(i, n)] for i in range(1, n + 1)]
+    masks = [m for r in ordered for m in r["masks"]]
+    n_inputs = ordered[0]["n_inputs"]
+    if len(masks) != n_inputs or len(set(masks)) != len(masks):
+        raise HistogenInputError(f"The shards in {folder} cover {len(set(masks))} of {n_inputs} masks; rerun the "
+                                 "shards with the same --mask input.")
+    written = sorted(stem for r in ordered for stem in r["written"])
+    gone = [stem for stem in written if not (folder / f"{stem}.png").is_file()]
+    if gone:
+        raise HistogenInputError(f"{len(gone)} image(s) recorded by the shards are gone from {folder} (e.g. "
+                                 f"{gone[0]}.png); rerun their shard.")
+    merged = {"shards": n, "n_inputs": n_inputs, "inputs": ordered[0]["inputs"], "written": written,
+              "skipped": [s for r in ordered for s in r["skipped"]]}
+    (folder / "shards.json").write_text(json.dumps(merged, indent=2))
+    return merged
 
 
 def _write_results(out_dir, name, item, path, results, report: BatchReport, log: Log) -> None:

@@ -13,6 +13,12 @@ Running :func:`train_nasdm` again on the same folder continues from ``checkpoint
 was resumed: the patch order of every epoch comes from ``seed + epoch``, and the
 timesteps, noise, condition dropout and augmentations of a step from ``(seed, step)``, so
 a resumed run continues exactly as an uninterrupted one would.
+
+Data parallel: run inside a process group (:func:`~napari_histogen.core.distributed.launch`,
+``histogen train nasdm --num-processes N``, or ``torchrun``), every process takes an equal
+slice of each step's batch (``batch_size`` is the global batch) and the gradients are averaged
+before the step, so N processes train the weights one process would with the same global batch
+(up to float rounding), and resuming keeps that guarantee. Only the first process writes files.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -172,10 +179,18 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
     from ..progress import Cancelled
     from .checkpoint import save_nasdm
 
+    from ..distributed import barrier, world
+
     say = log if log is not None else _log.info
     settings.check()
+    group = world()
+    if settings.batch_size % group.size:
+        raise HistogenInputError(f"The batch size ({settings.batch_size}) must be a multiple of the number of "
+                                 f"processes ({group.size}): it is the global batch, split evenly.")
+    if not group.main:
+        say = _quiet
     run = _start_run(settings, say)
-    losses_csv = _LossLog(run.run_dir / "log.csv", settings)
+    losses_csv = _LossLog(run.run_dir / "log.csv", settings, enabled=group.main)
     grids: list[Path] = []
     last_loss = None
     run.model.train()
@@ -194,8 +209,9 @@ def train_nasdm(settings: TrainSettings, *, progress: ProgressCallback = None, c
         run.save()
     finally:
         losses_csv.close()
-    if not run.model_path.is_file():  # resumed at or past the target: make sure the model file exists
+    if group.main and not run.model_path.is_file():  # resumed at or past the target: make sure the model file exists
         save_nasdm(run.ema, run.model_config, run.model_path)
+    barrier()  # the other processes wait until the first has written everything
     return TrainResult(run_dir=run.run_dir, model_path=run.model_path, step=run.step,
                        seconds=time.perf_counter() - losses_csv.t_start, last_loss=last_loss, sample_grids=grids)
 
@@ -237,9 +253,12 @@ class _Run:
         return nullcontext()
 
     def save(self) -> None:
-        """The resumable checkpoint and the EMA model file."""
+        """The resumable checkpoint and the EMA model file (the first process of a group only)."""
+        from ..distributed import world
         from .checkpoint import save_nasdm
 
+        if not world().main:
+            return
         _save_state(self.ckpt_dir, self.model, self.ema, self.optimizer, self.step)
         save_nasdm(self.ema, self.model_config, self.model_path)
 
@@ -255,7 +274,11 @@ def _start_run(settings: TrainSettings, log: Callable[[str], object]) -> _Run:
     resuming = (run_dir / "checkpoints" / "last" / "state.json").is_file()
     if resuming:
         _check_same_run(run_dir / "run.json", settings)
+    from ..distributed import world
+
     device = resolve_device(settings.device)
+    if device.type == "cuda" and world().size > 1:  # one GPU per process (launch / torchrun set it)
+        device = torch.device("cuda", torch.cuda.current_device())
     amp_dtype = autocast_dtype(device, settings.precision)
     torch.manual_seed(settings.seed)
     patches, train_refs = _read_patches(settings, log)
@@ -336,6 +359,10 @@ def _init_weights(run: _Run, patches, log: Callable[[str], object]) -> None:
         run.model.load_state_dict(init.model.state_dict())
         log(f"Starting from the weights of {init.weights_path} (sha256 {init.sha256[:12]}...).")
     run.ema.load_state_dict(run.model.state_dict())
+    from ..distributed import world
+
+    if not world().main:
+        return
     _write_json(run.run_dir / "run.json", {"settings": asdict(settings), "data": patches.summary,
                                            "model": run.model_config.to_dict(),
                                            "parameters": run.model.n_parameters()})
@@ -345,39 +372,49 @@ def _train_step(run: _Run) -> tuple[float, dict]:
     """One optimisation step and the EMA update; ``(loss, loss terms)``. Advances ``run.step``."""
     import torch
 
+    from ..distributed import all_mean, average_gradients, world
+
     settings, step, device = run.settings, run.step, run.device
     # per-step randomness from (seed, step): a resumed run draws what an uninterrupted one would
     gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
     torch.manual_seed(settings.seed * 1_000_033 + step)  # the augmentations' RNG
     idx = _batch_indices(step, settings.batch_size, len(run.dataset), settings.seed)
+    # every process draws the whole global batch (so its augmentations and noise are those of one
+    # process) and trains on its own equal slice of it
     items = [run.dataset[i] for i in idx]
-    x0 = torch.stack([it["image"] for it in items]).to(device)
-    cond = torch.stack([it["condition"] for it in items]).to(device)
+    x0 = torch.stack([it["image"] for it in items])
+    cond = torch.stack([it["condition"] for it in items])
     drop = torch.rand(len(idx), generator=gen) < settings.cond_drop
-    cond[drop.to(device)] = 0
-    t = torch.randint(0, run.diffusion.num_timesteps, (len(idx),), generator=gen).to(device)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
+    cond[drop] = 0
+    t = torch.randint(0, run.diffusion.num_timesteps, (len(idx),), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    group = world()
+    part = slice(group.rank * len(idx) // group.size, (group.rank + 1) * len(idx) // group.size)
+    x0, cond, t, noise = (v[part].to(device) for v in (x0, cond, t, noise))
     with run.autocast():
         losses = run.diffusion.training_losses(run.model, x0, t, cond, noise=noise)
     loss = losses["loss"]
-    if not torch.isfinite(loss):
+    mean_loss = all_mean(loss)  # the global batch's loss: the same on every process
+    if not torch.isfinite(mean_loss):
         raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower --lr or use fp32 "
                                  "(--precision fp32), then resume.")
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
+        average_gradients(run.model.parameters())
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
         run.scaler.step(run.optimizer)
         run.scaler.update()
     else:
         loss.backward()
+        average_gradients(run.model.parameters())
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
         run.optimizer.step()
     # warm-up as diffusers' EMAModel: early on the average would be mostly the random init
     _ema_update(run.ema, run.model, min(settings.ema_decay, (1 + step) / (10 + step)))
     run.step = step + 1
-    return float(loss.detach()), losses
+    return float(mean_loss.detach()), losses
 
 
 def _periodic_work(run: _Run, losses: dict, losses_csv: "_LossLog") -> Path | None:
@@ -388,21 +425,28 @@ def _periodic_work(run: _Run, losses: dict, losses_csv: "_LossLog") -> Path | No
         losses_csv.write(step, losses)
     if step % settings.checkpoint_every == 0 or last:
         run.save()
-    if step % settings.sample_every == 0 or last:
+    from ..distributed import world
+
+    if (step % settings.sample_every == 0 or last) and world().main:
         return _sample_grid(run.ema, run.preview, run.model_config, run.run_dir / "samples" / f"step_{step:06d}.png",
                             settings, run.device, run.amp_dtype)
     return None
 
 
+def _quiet(message: str) -> None:
+    """Where the messages of the other processes of a group go: nowhere (the first one says it)."""
+
+
 class _LossLog:
     """``log.csv``: a row every ``log_every`` steps with the mean loss since the previous row."""
 
-    def __init__(self, path: Path, settings: TrainSettings):
+    def __init__(self, path: Path, settings: TrainSettings, *, enabled: bool = True):
         new = not path.is_file()
         self.settings = settings
-        self.file = open(path, "a", newline="")
+        self.enabled = enabled  # only the first process of a group writes the log
+        self.file = open(path if enabled else os.devnull, "a", newline="")
         self.writer = csv.writer(self.file)
-        if new:
+        if new and enabled:
             self.writer.writerow(["step", "loss", "mse", "vb", "lr", "seconds", "patches_per_s"])
         self.t_start = time.perf_counter()
         self.window: list[float] = []
