@@ -10,7 +10,8 @@ import argparse
 
 from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, nonneg_int, out_dir_arg, positive_int, report_batch, seed_int
 
-__all__ = ["add_train_parser", "add_nasdm_parser", "cmd_synthesize_nasdm", "cmd_train_nasdm"]
+__all__ = ["add_train_parser", "add_nasdm_parser", "add_merge_parser", "cmd_synthesize_nasdm", "cmd_train_nasdm",
+           "cmd_merge_shards"]
 
 
 #: ``histogen train nasdm`` options whose defaults depend on the model family: option -> settings field
@@ -102,9 +103,11 @@ def _print_trained(result) -> None:
 
 def cmd_synthesize_nasdm(args) -> int:
     """Synthesize images for nuclei masks with a NASDM model."""
+    from .core.distributed import parse_shard
     from .core.engines.batch import collect_masks, synthesize_masks
     from .core.engines.nasdm import NasdmEngine, NasdmRequest
 
+    shard = parse_shard(args.shard)
     paths = collect_masks(args.mask)
     request = NasdmRequest(n_samples=args.n, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                            variance=args.variance, seed=args.seed, batch_size=args.batch_size,
@@ -117,10 +120,29 @@ def cmd_synthesize_nasdm(args) -> int:
     bar = ProgressBar("synthesis", "step")
     try:
         report = synthesize_masks(paths, args.out, engine, request, tile=args.tile, scheme=args.scheme,
-                                  mask_batch=args.mask_batch, progress=bar, log=eprint)
+                                  mask_batch=args.mask_batch, shard=shard, progress=bar, log=eprint)
     finally:
         bar.close()
     return report_batch(report, args.out, "mask(s)")
+
+
+def cmd_merge_shards(args) -> int:
+    """Check that every shard of a sharded synthesis run is complete."""
+    from .core.engines.batch import merge_shards
+
+    merged = merge_shards(args.out)
+    print(f"All {merged['shards']} shards complete: {len(merged['written'])} image(s) from {merged['n_inputs']} "
+          f"mask file(s), {len(merged['skipped'])} skipped; record in {args.out}/shards.json.")
+    return 0
+
+
+def add_merge_parser(sub) -> None:
+    p = sub.add_parser("merge-shards", help="check that all shards of a sharded synthesis are complete",
+                       description="After `histogen synthesize nasdm --shard I/N --out DIR` for every I, check that "
+                                   "DIR holds all N shards of one run and their images; writes DIR/shards.json. "
+                                   "Exit 2 names the shards to rerun.")
+    p.add_argument("out", help="the shards' common output folder")
+    p.set_defaults(func=cmd_merge_shards)
 
 
 def add_train_parser(sub) -> None:
@@ -215,5 +237,8 @@ def add_nasdm_parser(engines) -> None:
     p.add_argument("--tile-weight", default=d["tile_weight"], choices=WEIGHTS,
                    help="large masks: how overlapping tiles are recombined (pathup = PathUp eq. 6)")
     p.add_argument("--scheme", default=None, help="class scheme for mask files that do not record one")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="synthesize only shard I of N of the masks (one per process or GPU, same --out); then "
+                        "`histogen merge-shards OUT` checks completeness")
     add_device_options(p)
     p.set_defaults(func=cmd_synthesize_nasdm)
