@@ -344,6 +344,8 @@ def test_qupath_geojson_opens_with_qupath_classes_or_a_class_map(dock, tmp_path,
     assert widget.class_map_choice() == {"Tumor": "epithelial"}
     widget.set_class_map_choice("Lymphocyte (CD3+)", "inflammatory")
     widget.set_class_map_choice("Fibroblast", "spindle")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    viewer.window.screenshot(str(SCREENSHOTS / "annotate_class_map.png"), canvas_only=False)
     opened = widget.apply_class_map()
     nuclei = opened[0]
     consep = get_scheme("consep")
