@@ -260,6 +260,9 @@ def test_undo_and_redo_keep_classes_and_counts_right(dock, qtbot, errors):
     # and a new nucleus never reuses an erased id
     _paint_disc(layer, (70, 70), 0, radius=12)
     assert widget.next_nucleus(layer) not in (a, b)
+    # a removed layer's memory goes with it
+    viewer.layers.remove(layer)
+    assert id(layer) not in widget._class_memory and id(layer) not in widget._connected
     assert errors == []
 
 

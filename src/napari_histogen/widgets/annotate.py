@@ -255,6 +255,7 @@ class AnnotateWidget(QWidget):
         layout.addStretch(1)
 
         self.viewer.layers.events.inserted.connect(self._refresh_layer_lists)
+        self.viewer.layers.events.removed.connect(self._forget_layer)
         self.viewer.layers.events.removed.connect(self._refresh_layer_lists)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_schemes()
@@ -314,6 +315,14 @@ class AnnotateWidget(QWidget):
         for layer in self._annotation_layers():
             self._connect_layer(layer)
         self._on_target_changed()
+
+    def _forget_layer(self, event=None):
+        """A removed layer's id may be reused by a new layer: drop what the dock keyed by it."""
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            self._connected.discard(id(layer))
+            self._class_memory.pop(id(layer), None)
+            self._pending_refresh.discard(layer)
 
     def _on_active_layer(self, event=None):
         layer = self.viewer.layers.selection.active
