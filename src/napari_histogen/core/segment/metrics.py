@@ -110,7 +110,7 @@ def score_set(truths, predictions, class_ids, class_names=None) -> dict:
         raise ValueError("as many predictions as truths are needed")
     names = [str(n) for n in (class_names or class_ids)]
     dice, aji = [], []
-    total = {"tp": 0, "fp": 0, "fn": 0, "iou_sum": 0.0}
+    total: dict[str, float] = {"tp": 0, "fp": 0, "fn": 0, "iou_sum": 0.0}
     typed = {int(c): {"tp": 0, "fp": 0, "fn": 0, "n_true": 0} for c in class_ids}
     for (t_inst, t_cls), (p_inst, p_cls) in zip(truths, predictions):
         dice.append(pixel_dice(t_inst, p_inst))
@@ -121,9 +121,9 @@ def score_set(truths, predictions, class_ids, class_names=None) -> dict:
         for c, row in counts["typed"].items():
             for key in row:
                 typed[c][key] += row[key]
-    out = {"n": len(truths), "dice": float(np.mean(dice)) if dice else float("nan"),
+    out: dict = {"n": len(truths), "dice": float(np.mean(dice)) if dice else float("nan"),
            "aji": float(np.mean(aji)) if aji else float("nan")}
-    out.update(panoptic_quality(total["tp"], total["fp"], total["fn"], total["iou_sum"]))
+    out.update(panoptic_quality(int(total["tp"]), int(total["fp"]), int(total["fn"]), total["iou_sum"]))
     out["detection_recall"] = total["tp"] / (total["tp"] + total["fn"]) if total["tp"] + total["fn"] else float("nan")
     out["f1"], out["recall"], out["n_true"] = {}, {}, {}
     for name, c in zip(names, class_ids):

@@ -22,8 +22,8 @@ def _normalise(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values, dtype=np.float64) if high - low < 1e-12 else (values - low) / (high - low)
 
 
-def instances_from_maps(foreground_prob, hover, *, threshold: float = 0.5, marker_threshold: float = 0.4,
-                        min_size: int = 10, sobel_sigma: float = 1.0, marker_radius: int = 1) -> np.ndarray:
+def instances_from_maps(foreground_prob, hover, *, threshold: float = 0.5, marker_threshold: float = 0.5,
+                        min_size: int = 6, sobel_sigma: float = 1.0, marker_radius: int = 1) -> np.ndarray:
     """Nuclei instances from a foreground probability map and HoVer maps.
 
     Parameters
@@ -35,7 +35,7 @@ def instances_from_maps(foreground_prob, hover, *, threshold: float = 0.5, marke
     threshold : float
         Foreground probability cut.
     marker_threshold : float
-        Normalised gradient above which a pixel is "between nuclei" (HoVer-Net: 0.4).
+        Normalised gradient above which a pixel is "between nuclei" (HoVer-Net: 0.4 at 40x).
     min_size : int
         Objects and markers smaller than this many pixels are dropped (HoVer-Net: 10 at 40x).
     sobel_sigma : float
@@ -43,6 +43,10 @@ def instances_from_maps(foreground_prob, hover, *, threshold: float = 0.5, marke
         a smoothed 3x3 Sobel does the same job at 20x).
     marker_radius : int
         Radius of the disk that opens the markers (removes thin bridges).
+
+    The defaults were chosen at 20x on 40 CoNSeP *training* patches (never the validation
+    tiles), with the true maps (AJI 0.88, PQ 0.89: the ceiling of the post-processing) and
+    with a segmenter's predicted maps.
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """Training and inference of the nuclei segmenter on ``(image, instances, classes)`` patches.
 
 Losses as HoVer-Net's (Graham et al. 2019, section 3.3), on one shared decoder: foreground
-binary cross-entropy + soft Dice; type cross-entropy (background included); HoVer maps MSE
+binary cross-entropy + soft Dice; type cross-entropy + soft Dice (background included); HoVer maps MSE
 + the MSE of their Sobel gradients inside nuclei (MSGE), which sharpens the maps where
 nuclei touch. Augmentation: the 8 flips/quarter turns (targets recomputed after the
 transform, so the HoVer maps stay right) and a mild per-channel brightness/contrast jitter.
@@ -123,13 +123,19 @@ def segmenter_loss(out: dict, fg, types, hover) -> tuple[torch.Tensor, dict]:
     bce = F.binary_cross_entropy_with_logits(logits, fg)
     prob = torch.sigmoid(logits)
     dice = 1 - (2 * (prob * fg).sum() + 1) / (prob.sum() + fg.sum() + 1)
-    ce = F.cross_entropy(out["types"].float(), types)
+    type_logits = out["types"].float()
+    ce = F.cross_entropy(type_logits, types)
+    # HoVer-Net's type branch adds a soft Dice over the type channels: rare types weigh as much as common ones
+    type_prob = torch.softmax(type_logits, dim=1)
+    one_hot = F.one_hot(types, type_logits.shape[1]).permute(0, 3, 1, 2).to(type_prob)
+    overlap = (type_prob * one_hot).sum(dim=(0, 2, 3))
+    type_dice = 1 - ((2 * overlap + 1) / (type_prob.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3)) + 1)).mean()
     pred_hv = out["hover"].float()
     mse = F.mse_loss(pred_hv, hover)
     inside = fg.expand_as(hover)
     msge = (((_sobel(pred_hv) - _sobel(hover)) ** 2) * inside).sum() / inside.sum().clamp(min=1)
-    total = bce + dice + ce + mse + 2 * msge
-    values = {"bce": bce, "dice": dice, "ce": ce, "mse": mse, "msge": msge}
+    total = bce + dice + ce + type_dice + mse + 2 * msge
+    values = {"bce": bce, "dice": dice, "ce": ce, "type_dice": type_dice, "mse": mse, "msge": msge}
     return total, {k: float(v.detach()) for k, v in values.items()}
 
 
@@ -182,7 +188,7 @@ def train_segmenter(patches, class_ids, settings: TrainSettings | None = None, *
     model = NucleiUNet(config)
     bf16 = settings.precision == "bf16"
     memory_format = torch.channels_last if bf16 else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
+    model = model.to(memory_format=memory_format).train()  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(1, settings.steps // 20)
 
@@ -200,7 +206,7 @@ def train_segmenter(patches, class_ids, settings: TrainSettings | None = None, *
     start = time.perf_counter()
     for step in range(settings.steps):
         check_cancel(cancel)
-        indices = []
+        indices: list[int] = []
         while len(indices) < settings.batch_size:
             if cursor == len(order):
                 order, cursor = rng.permutation(len(items)), 0
@@ -220,7 +226,7 @@ def train_segmenter(patches, class_ids, settings: TrainSettings | None = None, *
         if progress is not None:
             progress(step + 1, settings.steps)
     seconds = time.perf_counter() - start
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    model = model.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     history = {"loss": losses, "parts": parts, "seconds": seconds,
                "patches_per_second": settings.steps * settings.batch_size / max(seconds, 1e-9)}
     log.info("segmenter: %d steps in %.0f s (%.1f patches/s), final loss %.3f", settings.steps, seconds,
