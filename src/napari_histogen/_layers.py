@@ -192,9 +192,19 @@ def nuclei_mask_from_parts(data, features, metadata, scale, *, name="nuclei mask
         classes_from_features(features),
         scheme,
         mpp=_mpp_from(metadata, scale),
-        metadata={"provenance": meta.get("provenance", {})},
+        metadata=_mask_metadata(meta.get("provenance") or {}),
         name=name,
     )
+
+
+def _mask_metadata(provenance: dict) -> dict:
+    """A mask's metadata from its layer's provenance: the provenance, and where it lies on its slide."""
+    metadata: dict = {"provenance": provenance}
+    parameters = provenance.get("parameters") if isinstance(provenance.get("parameters"), dict) else {}
+    offset = provenance.get("offset_xy", parameters.get("offset_xy"))
+    if offset is not None:
+        metadata["offset_xy"] = list(offset)
+    return metadata
 
 
 def tissue_mask_from_layer(layer, *, scheme=None):

@@ -129,7 +129,8 @@ def crop_nuclei(nuclei: NucleiMask, box) -> NucleiMask:
 
     Returns a new mask at the same scale and scheme; ``metadata['crop_offset']`` is
     ``[row0, col0]`` added to any offset the mask already had (a crop of a crop still knows
-    its place in the first image).
+    its place in the first image); a slide offset (``metadata['offset_xy']``, ``[x, y]``)
+    moves with the crop.
     """
     if not isinstance(nuclei, NucleiMask):
         raise HistogenInputError(f"Expected a NucleiMask, not {type(nuclei).__name__}.")
@@ -137,5 +138,8 @@ def crop_nuclei(nuclei: NucleiMask, box) -> NucleiMask:
     metadata = dict(nuclei.metadata)
     before = metadata.get("crop_offset") or [0, 0]
     metadata["crop_offset"] = [int(before[0]) + row0, int(before[1]) + col0]
+    if metadata.get("offset_xy") is not None:  # cut from a whole-slide annotation: the slide position moves too
+        x0, y0 = metadata["offset_xy"]
+        metadata["offset_xy"] = [int(x0) + col0, int(y0) + row0]
     return NucleiMask.create(nuclei.instances[row0:row1, col0:col1], nuclei.classes, nuclei.scheme,
                              mpp=nuclei.mpp, metadata=metadata, name="cropped nuclei mask")

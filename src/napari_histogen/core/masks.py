@@ -359,7 +359,20 @@ def resample_nuclei(nuclei: NucleiMask, target_mpp: float) -> NucleiMask:
     factor = nuclei.mpp / target_mpp
     shape = tuple(max(1, int(round(s * factor))) for s in nuclei.shape)
     inst = resize(nuclei.instances, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
-    return NucleiMask.create(inst, nuclei.classes, nuclei.scheme, mpp=target_mpp, metadata=dict(nuclei.metadata))
+    return NucleiMask.create(inst, nuclei.classes, nuclei.scheme, mpp=target_mpp,
+                             metadata=scale_slide_offset(nuclei.metadata, factor))
+
+
+def scale_slide_offset(metadata: Mapping, factor: float) -> dict:
+    """A copy of ``metadata`` whose slide offset (``offset_xy``, in pixels) follows a resampling by ``factor``.
+
+    A mask cut from a whole-slide annotation keeps where it was cut (:func:`read_geojson`
+    records ``offset_xy``); after resampling, that place is ``factor`` times as many pixels away.
+    """
+    out = dict(metadata)
+    if out.get("offset_xy") is not None:
+        out["offset_xy"] = [int(round(float(v) * factor)) for v in out["offset_xy"]]
+    return out
 
 
 # -- tissue masks -----------------------------------------------------------------------------

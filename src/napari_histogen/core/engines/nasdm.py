@@ -333,33 +333,7 @@ class NasdmEngine:
                          tile_weight=request.tile_weight)
             images.extend(to_uint8_image(img)[:h, :w] for img in out)
         log.debug("nasdm: %d image(s), %d steps, %s", len(images), steps, describe_device(self.device))
-        original = request.nuclei
-        if (original.mpp is not None and mask is not original and original.mpp > float(self.config.mpp) * 1.1):
-            # The model works finer than the mask: bring the images back to the mask's own scale
-            # (area averaging loses nothing the mask resolves), so image and mask match as given.
-            from ..images import resize_image
-
-            images = [resize_image(img, original.shape) for img in images]
-            notes.append(f"The images were made at {self.config.mpp:g} µm/px and brought back to the mask's "
-                         f"{original.mpp:g} µm/px.")
-            mask = original
-        mask_hash = array_sha256(mask.instances)
-        results = []
-        for k, image in enumerate(images):
-            prov = make_provenance(
-                "nasdm synthesis", engine=ENGINE_NAME, model=self.model_spec,
-                model_file=self.loaded.weights_path.name, model_sha256=self.loaded.sha256,
-                model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
-                steps=steps, guidance=guidance, sampler=sampler, variance=variance,
-                seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
-                mask_sha256=mask_hash, mask_shape=list(mask.shape), mpp=mask.mpp or self.config.mpp,
-                model_mpp=self.config.mpp,
-                device=describe_device(self.device),
-                precision=str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
-                notes=list(notes))
-            results.append(SynthesisResult(image=image, mask=mask, provenance=prov, notes=list(notes)))
-        return results
-
+        return self._results(request, mask, notes, images, (steps, guidance, sampler, variance))
 
     def run_many(self, requests, *, progress: ProgressCallback = None,
                  cancel: CancelFlag = None) -> list:
@@ -475,6 +449,8 @@ class NasdmEngine:
                          f"{original.mpp:g} µm/px.")
             mask = original
         mask_hash = array_sha256(mask.instances)
+        # where the mask lies on its slide (a whole-slide annotation cut to its bounding box)
+        slide = {"offset_xy": mask.metadata["offset_xy"]} if mask.metadata.get("offset_xy") is not None else {}
         results = []
         for k, image in enumerate(images):
             prov = make_provenance(
@@ -487,7 +463,7 @@ class NasdmEngine:
                 model_mpp=self.config.mpp,
                 device=describe_device(self.device),
                 precision=str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
-                notes=list(notes))
+                notes=list(notes), **slide)
             results.append(SynthesisResult(image=image, mask=mask, provenance=prov, notes=list(notes)))
         return results
 

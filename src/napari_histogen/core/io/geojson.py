@@ -79,8 +79,10 @@ def nuclei_to_geojson(nuclei: NucleiMask) -> dict:
     if instances.ndim != 2:
         raise HistogenInputError(f"The nuclei instance map has shape {instances.shape}; it must be 2-D.")
     scheme = nuclei.scheme
+    # a mask cut from a whole-slide annotation goes back to its place on the slide
+    dx, dy = _offset_xy(nuclei.metadata)
     features = []
-    for inst_id, polygons in _outlines(instances):
+    for inst_id, polygons in _outlines(instances, dx, dy):
         class_id = int(nuclei.classes.get(inst_id, UNCLASSIFIED))
         properties: dict = {"objectType": "detection"}
         if class_id != UNCLASSIFIED:
@@ -136,11 +138,24 @@ def write_geojson(path, nuclei: NucleiMask, *, provenance: dict | None = None) -
     return path
 
 
-def _outlines(instances: np.ndarray):
+def _offset_xy(metadata) -> tuple[int, int]:
+    """The slide offset ``(x, y)`` in pixels a mask's metadata records (``(0, 0)`` when none)."""
+    offset = (metadata or {}).get("offset_xy")
+    if offset is None:
+        return 0, 0
+    try:
+        x, y = (int(v) for v in offset)
+    except (TypeError, ValueError):
+        raise CorruptFileError(f"The recorded slide offset {offset!r} is not two whole numbers.") from None
+    return x, y
+
+
+def _outlines(instances: np.ndarray, dx: int = 0, dy: int = 0):
     """Yield ``(instance id, polygons)`` for every nucleus, in id order.
 
     ``polygons`` is a list of GeoJSON polygon coordinate lists (exterior ring first,
-    then holes), each ring closed, in global pixel-corner coordinates.
+    then holes), each ring closed, in global pixel-corner coordinates shifted by the slide
+    offset ``(dx, dy)``.
     """
     ids = instance_ids(instances)
     if ids.size == 0:
@@ -154,7 +169,7 @@ def _outlines(instances: np.ndarray):
         mask = compact[sl] == index + 1
         polygons = _trace(mask)
         r0, c0 = sl[0].start, sl[1].start
-        yield int(ids[index]), [[_to_ring(ring, c0, r0) for ring in polygon] for polygon in polygons]
+        yield int(ids[index]), [[_to_ring(ring, c0 + dx, r0 + dy) for ring in polygon] for polygon in polygons]
 
 
 def _to_ring(points: np.ndarray, x0: int, y0: int) -> list:
@@ -358,7 +373,14 @@ def read_geojson(path, shape=None, scheme=None, class_map: Mapping[str, str] | N
     class_ids = [UNCLASSIFIED if name is None else scheme_obj.id_of(name) for name in names]
 
     offset = None
-    if shape is None and stored.get("shape") is None:
+    stored_meta = stored.get("metadata") if isinstance(stored.get("metadata"), dict) else {}
+    if stored.get("shape") is not None and stored_meta.get("offset_xy") is not None:
+        # written by write_geojson from a mask cut out of a slide: outlines are in slide
+        # coordinates, the mask's grid starts at the recorded offset
+        offset = _offset_xy(stored_meta)
+        shift = np.array(offset, dtype=np.float64)
+        parsed = [(i, props, [[ring - shift for ring in poly] for poly in polys]) for i, props, polys in parsed]
+    elif shape is None and stored.get("shape") is None:
         offset = _slide_offset([polys for _, _, polys in parsed])
         if offset is not None:  # slide coordinates: keep the outlines' bounding box, record where it was
             dx, dy = offset
