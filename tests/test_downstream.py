@@ -65,6 +65,10 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(HistogenInputError, match="multiple of 8"):
         run_downstream(DownstreamSettings(data="x", patch_size=100, out=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
+    with pytest.raises(HistogenInputError, match="does not exist"):
+        run_downstream(DownstreamSettings(data=str(tmp_path / "missing"), out=str(tmp_path / "x")),
+                       log=lambda line: None)
+    assert not (tmp_path / "x").exists()  # a typo in --data leaves no run folder behind
 
 
 def test_engine_without_nuclei_masks_is_refused(tmp_path):

@@ -318,6 +318,7 @@ def _run_one(arm: str, seed: int, patches, val, ps, settings: DownstreamSettings
 
 
 def _check_run_folder(out: Path, settings: DownstreamSettings) -> None:
+    """Refuse a folder that holds a run with other settings (before any slow work)."""
     record = out / "run.json"
     fingerprint = json.loads(json.dumps(settings.fingerprint()))
     if record.is_file():
@@ -330,8 +331,11 @@ def _check_run_folder(out: Path, settings: DownstreamSettings) -> None:
                              if (old or {}).get(k) != fingerprint.get(k))
             raise HistogenInputError(f"{out} holds a downstream run with other settings ({', '.join(changed)}); "
                                      "choose another --out, or repeat the earlier settings to resume it.")
+
+
+def _record_run(out: Path, settings: DownstreamSettings) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"settings": fingerprint}, indent=2))
+    (out / "run.json").write_text(json.dumps({"settings": settings.fingerprint()}, indent=2))
 
 
 def _calibrate(train, ps, settings: DownstreamSettings) -> float:
@@ -368,6 +372,7 @@ def run_downstream(settings: DownstreamSettings, *, log: Callable[[str], object]
     out = Path(settings.out)
     _check_run_folder(out, settings)
     ps, train, val = _read_patches(settings, log)
+    _record_run(out, settings)  # only once the data is read: a typo in --data leaves no folder behind
     skipped = {}
     arms = [a for a in settings.arms if a != "d"]
     if "d" in settings.arms:
