@@ -8,8 +8,8 @@ each other and seeds compare side by side. Every result layer carries
 layers are deleted (by hand or with the dock's "Clear previous results").
 
 Adding a layer costs napari 0.1-0.5 s on the GUI thread (controls, vispy visual, redraw);
-:class:`ResultLayers` adds one layer per event-loop turn, so the viewer repaints and
-answers between them instead of freezing for the whole batch.
+:class:`ResultLayers` adds one layer per event-loop turn, with a pause between them, so the
+viewer repaints and answers between them instead of freezing for the whole batch.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ __all__ = ["RESULT_KEY", "GAP_PX", "ResultLayers", "anchor_units"]
 
 RESULT_KEY = "histogen_result"
 GAP_PX = 8  # space between grid cells, in the results' pixels
+#: pause between two layer additions: longer than a repaint tick, so the viewer draws and
+#: answers input between them instead of running all additions in one event-loop pass
+ADD_PAUSE_MS = 25
 
 
 def anchor_units(anchor) -> tuple | None:
@@ -96,7 +99,7 @@ class ResultLayers:
         """
         self._queue.extend(items)
         self._on_added = on_added
-        QTimer.singleShot(0, self._add_next)
+        QTimer.singleShot(ADD_PAUSE_MS, self._add_next)
 
     def _add_next(self) -> None:
         if not self._queue:
@@ -108,7 +111,7 @@ class ResultLayers:
                 after(layer)
         finally:
             if self._queue:
-                QTimer.singleShot(0, self._add_next)
+                QTimer.singleShot(ADD_PAUSE_MS, self._add_next)
             elif self._on_added is not None:
                 done, self._on_added = self._on_added, None
                 done()

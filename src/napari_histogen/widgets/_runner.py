@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import sys
+import weakref
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -86,7 +87,7 @@ class ProgressRelay(QObject):
 
 
 class BackgroundRunMixin:
-    #: shown in napari's activity panel
+    #: names the run in messages ("… is already running")
     RUN_TITLE = "Synthesis"
     #: status line and message prefix after a failure
     FAILED_TEXT = "Synthesis failed"
@@ -96,7 +97,6 @@ class BackgroundRunMixin:
     def _init_runner(self) -> None:
         self._worker = None
         self._cancel = None
-        self._napari_progress = None
         self._relay = ProgressRelay()
         self._relay.progress.connect(self._on_progress)
 
@@ -111,28 +111,19 @@ class BackgroundRunMixin:
             self.status.setText("Cancelling…")
 
     def _set_running(self, running: bool) -> None:
+        # Progress shows in the dock's own bar only. A napari ``progress`` (activity panel) was
+        # tried and dropped: its status-bar animation repaints the whole window ~30 times a
+        # second, and under software OpenGL (Xvfb, remote desktops) each repaint held the GUI
+        # thread ~26 ms, which slowed a CPU synthesis run 3-5x (benchmarks/gui_latency.py).
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         if running:
-            from napari.utils import progress
-
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(0)
-            self._napari_progress = progress(total=1, desc=self.RUN_TITLE)
-        elif self._napari_progress is not None:
-            self._napari_progress.close()
-            self._napari_progress = None
 
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(done)
-        self._update_napari_progress(done, total)
-
-    def _update_napari_progress(self, done: int, total: int) -> None:
-        if self._napari_progress is not None:
-            self._napari_progress.total = total
-            self._napari_progress.n = done
-            self._napari_progress.refresh()
 
     def _on_worker_done(self) -> None:
         self._worker = None
@@ -407,11 +398,8 @@ class EngineDock(BackgroundRunMixin, QWidget):
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, total)  # (0, 0): busy
         self.progress_bar.setValue(done)
-        if total <= 0:
-            if self.LOADING_TEXT:
-                self.status.setText(self.LOADING_TEXT)
-            return
-        self._update_napari_progress(done, total)
+        if total <= 0 and self.LOADING_TEXT:
+            self.status.setText(self.LOADING_TEXT)
 
     # -- going away -------------------------------------------------------------------------
     def _release_models(self) -> None:
@@ -435,23 +423,27 @@ class EngineDock(BackgroundRunMixin, QWidget):
         return super().event(event)
 
     def _watch_window(self) -> None:
+        """Watch the top-level window for its Close (held weakly: the dock must not keep a closed viewer alive)."""
         window = self.window()
-        if window is not self and window is not self._watched_window:
-            if self._watched_window is not None:
-                self._watched_window.removeEventFilter(self)
+        watched = self._watched_window() if self._watched_window is not None else None
+        if window is not self and window is not watched:
+            if watched is not None:
+                watched.removeEventFilter(self)
             window.installEventFilter(self)
-            self._watched_window = window
+            self._watched_window = weakref.ref(window)
 
     def eventFilter(self, obj, event):  # noqa: N802 - Qt API
-        if obj is self._watched_window and event.type() == QEvent.Close:
-            QTimer.singleShot(0, self._release_if_window_closed)
+        if event.type() == QEvent.Close and self._watched_window is not None and obj is self._watched_window():
+            QTimer.singleShot(0, functools.partial(_release_if_closed, self.engines, self._watched_window))
         return False
 
-    def _release_if_window_closed(self) -> None:
-        window = self._watched_window
-        try:
-            closed = window is None or not window.isVisible()
-        except RuntimeError:  # already deleted by Qt
-            closed = True
-        if closed:
-            self._release_models()
+
+def _release_if_closed(cache: EngineCache, window_ref) -> None:
+    """Free the models if the watched window really closed (a close can be refused)."""
+    window = window_ref()
+    try:
+        closed = window is None or not window.isVisible()
+    except RuntimeError:  # already deleted by Qt
+        closed = True
+    if closed:
+        cache.release()

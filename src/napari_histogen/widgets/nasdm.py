@@ -5,14 +5,17 @@ thread (progress bar, Cancel; the model loads there too), and adds each result a
 layer in the results grid beside its mask (one row per run, one column per seed), with the
 mask's outline on top (toggleable). Nothing is added when a run is cancelled or fails;
 errors show in the status line and as notifications. Opening the dock imports no torch:
-"auto" steps are resolved by the engine in the worker.
+"auto" steps and guidance are the model's recommendation, resolved by the engine in the
+worker; the info line under the model says what they are (read in a thread).
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,7 +35,14 @@ from ._runner import EngineDock
 
 RESULT_GAP_PX = GAP_PX  # space between a mask and its results on the canvas
 MODEL_VARIANCE = "model default"
-AUTO_STEPS_TEXT = "auto (the model's)"
+AUTO_TEXT = "auto (the model's)"
+AUTO_GUIDANCE = -0.25  # the guidance spin box's minimum, shown as AUTO_TEXT
+
+
+class _InfoRelay(QObject):
+    """Carries the model info from its thread to the GUI thread (queued signal)."""
+
+    done = Signal(object, str, str)
 
 
 class NasdmWidget(EngineDock):
@@ -46,6 +56,10 @@ class NasdmWidget(EngineDock):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self.outline_layers: list = []
+        self._info_token = None
+        self._info_busy = False
+        self._info_relay = _InfoRelay()
+        self._info_relay.done.connect(self._on_model_info)
         d = request_defaults(NasdmRequest)
 
         layout = self._begin_layout()
@@ -61,14 +75,16 @@ class NasdmWidget(EngineDock):
         self.model_combo.currentIndexChanged.connect(lambda _i: self._update_model_info())
 
         self.guidance_spin = QDoubleSpinBox()
-        self.guidance_spin.setRange(0.0, 20.0)
+        self.guidance_spin.setRange(AUTO_GUIDANCE, 20.0)  # the minimum stands for "auto"
         self.guidance_spin.setSingleStep(0.25)
-        self.guidance_spin.setValue(d["guidance"] if d["guidance"] is not None else 1.5)  # then the model's
-        self.guidance_spin.setToolTip("Classifier-free guidance scale s (0 = conditional model only)")
+        self.guidance_spin.setSpecialValueText(AUTO_TEXT)
+        self.guidance_spin.setValue(d["guidance"] if d["guidance"] is not None else AUTO_GUIDANCE)
+        self.guidance_spin.setToolTip("Classifier-free guidance scale s (0 = conditional model only). Auto: the "
+                                      "model's recommendation (shown under the model)")
         form.addRow("guidance", self.guidance_spin)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(0, 1000)
-        self.steps_spin.setSpecialValueText(AUTO_STEPS_TEXT)  # 0: the engine decides on its device
+        self.steps_spin.setSpecialValueText(AUTO_TEXT)  # 0: the engine decides on its device
         self.steps_spin.setValue(d["steps"] or 0)
         self.steps_spin.setToolTip("Denoising steps (1000 = full chain; fewer is faster). Auto: the model's "
                                    "recommendation (latent models: their validated count; pixel models: 250 with "
@@ -95,6 +111,7 @@ class NasdmWidget(EngineDock):
         advanced = QFormLayout()
         advanced.addRow("variance", self.variance_combo)
         self.device_combo = self._device_combo()
+        self.device_combo.currentIndexChanged.connect(lambda _i: self._update_model_info())  # "auto" may change
         advanced.addRow("device", self.device_combo)
         self.advanced.body.addLayout(advanced)
 
@@ -164,35 +181,56 @@ class NasdmWidget(EngineDock):
         return str(spec)
 
     def _update_model_info(self) -> None:
+        """The model's classes and scale at once (file reads only); what "auto" means for it, from a thread.
+
+        The recommendation may import torch (latent models' sampler defaults): that runs off
+        the GUI thread, and only the text comes back.
+        """
         spec = self.model_combo.currentData()
         if not spec:
             return
         from ..core.engines import nasdm as engine_module
 
         try:
-            self.model_info.setText(engine_module.model_summary(spec))
-            self._apply_recommended(engine_module, spec)
+            summary = engine_module.model_summary(spec)
         except (HistogenInputError, OSError, KeyError, ValueError) as err:
             self.model_info.setText(str(err))
-
-    def _apply_recommended(self, engine_module, spec) -> None:
-        """Steps and guidance the chosen model recommends (where the request leaves them to the model).
-
-        Steps that depend on the device (pixel models: more on a GPU) stay "auto" when the
-        device is "auto": the engine resolves them in the worker, so the GUI never imports torch.
-        """
-        recommend = getattr(engine_module, "recommended_settings", None)
-        config = engine_module.read_model_config(spec)
-        if recommend is None or config is None:
             return
+        self.model_info.setText(summary)
+        self._info_token = token = object()
         device = self.device_combo.currentText()
-        rec = recommend(config, "cpu" if device == "auto" else device)
-        d = request_defaults(NasdmRequest)
-        if d.get("guidance") is None and rec.get("guidance") is not None:
-            self.guidance_spin.setValue(float(rec["guidance"]))
-        if d.get("steps") is None and rec.get("steps") is not None:
-            device_free = getattr(config, "family", "pixel") == "latent" or device != "auto"
-            self.steps_spin.setValue(int(rec["steps"]) if device_free else 0)
+        relay = self._info_relay
+
+        def work():
+            try:
+                config = engine_module.read_model_config(spec)
+                training = getattr(config, "training", None) or {}
+                if "default_steps" in training and "default_guidance" in training:  # recorded: no torch needed
+                    rec = {"steps": training["default_steps"], "guidance": float(training["default_guidance"])}
+                else:
+                    rec = {} if config is None else engine_module.recommended_settings(
+                        config, "cpu" if device == "auto" else device)
+                steps = rec.get("steps")
+                if getattr(config, "family", "pixel") != "latent" and device == "auto":
+                    steps = "250 with a GPU, 75 on CPU"
+                text = f"auto: {steps} steps, guidance {rec['guidance']:g}" if rec else ""
+            except Exception as err:  # noqa: BLE001 - shown as text; a run reports it properly
+                text = f"(no recommended settings: {err})"
+            relay.done.emit(token, summary, text)
+
+        self._info_busy = True
+        threading.Thread(target=work, name="histogen-model-info", daemon=True).start()
+
+    def _on_model_info(self, token, summary: str, text: str) -> None:
+        if token is not self._info_token:  # another model was chosen meanwhile
+            return
+        self._info_busy = False
+        self.model_info.setText(f"{summary}; {text}" if summary and text else summary or text)
+
+    @property
+    def busy(self) -> bool:
+        """The model info is still being read in the background."""
+        return self._info_busy
 
     # -- running ------------------------------------------------------------------------
     def _mask_layer(self):
@@ -209,7 +247,8 @@ class NasdmWidget(EngineDock):
             raise HistogenInputError(f"The mask '{layer.name}' is empty: paint nuclei first.")
         variance = self.variance_combo.currentText()
         return NasdmRequest(nuclei=nuclei, n_samples=self.samples_spin.value(), steps=self.steps_spin.value() or None,
-                            guidance=self.guidance_spin.value(), seed=self.seed_spin.value(),
+                            guidance=None if self.guidance_spin.value() <= AUTO_GUIDANCE else self.guidance_spin.value(),
+                            seed=self.seed_spin.value(),
                             variance=None if variance == MODEL_VARIANCE else variance)
 
     @guarded
@@ -234,36 +273,46 @@ class NasdmWidget(EngineDock):
         self._add_result_layers(results, mask_layer, on_added=lambda: self.status.setText(text))
 
     def _add_result_layers(self, results, mask_layer, on_added=None) -> None:
-        """Queue the results in the next free row of the grid beside ``mask_layer`` (added one per event-loop turn)."""
+        """Queue the results in the next free row of the grid beside ``mask_layer`` (added one per event-loop turn).
+
+        One image layer per sample (named by seed) and one outline layer for the whole row
+        (the mask once per cell): every layer napari adds costs the GUI thread 0.1-0.5 s.
+        """
         first = results[0].mask
         mpp = first.mpp or _layers.layer_mpp(mask_layer) or 1.0
         units = anchor_units(mask_layer)
         mask_h, mask_w = np.shape(mask_layer.data)[-2:]
         mask_scale = np.asarray(mask_layer.scale, dtype=float)[-2:]
-        cell = (max(first.shape[0] * mpp, mask_h * mask_scale[0]) + RESULT_GAP_PX * mpp,
-                max(first.shape[1] * mpp, mask_w * mask_scale[1]) + RESULT_GAP_PX * mpp)
+        # grid cells in result pixels: as large as the result and as the mask, plus the gap
+        cell_px = (max(first.shape[0], int(np.ceil(mask_h * mask_scale[0] / mpp))) + RESULT_GAP_PX,
+                   max(first.shape[1], int(np.ceil(mask_w * mask_scale[1] / mpp))) + RESULT_GAP_PX)
+        cell = (cell_px[0] * mpp, cell_px[1] * mpp)
         row = self.results.next_row(mask_layer.name)
         items = []
         for k, result in enumerate(results):
             seed = result.provenance["parameters"]["seed"]
             name = f"NASDM s{seed} of {mask_layer.name}"
-            offset = self.results.cell_origin(mask_layer, cell, row, k + 1)
             data, kwargs, _ = _layers.image_layer_data(result.image, name, mpp=mpp, provenance=result.provenance)
-            kwargs.update(scale=(mpp, mpp), translate=offset)
+            kwargs.update(scale=(mpp, mpp), translate=self.results.cell_origin(mask_layer, cell, row, k + 1))
             if units is not None:
                 kwargs["units"] = units
             items.append((data, self.results.tag(kwargs, mask_layer.name, row), "image", None))
-            outline_kwargs = dict(
-                name=f"{name} mask", translate=offset, scale=(mpp, mpp), opacity=0.8,
-                colormap=_layers.class_color_dict(result.nuclei.classes, result.nuclei.scheme),
-                visible=self.outline_check.isChecked(),
-                metadata={"histogen_outline": True, "histogen": {"kind": "nuclei", "scheme": result.nuclei.scheme.to_dict(),
-                                                                 "mpp": mpp, "provenance": result.provenance}},
-                features=_layers.features_from_classes(result.nuclei.classes))
-            if units is not None:
-                outline_kwargs["units"] = units
-            items.append((result.nuclei.instances, self.results.tag(outline_kwargs, mask_layer.name, row), "labels",
-                          self._keep_outline))
+        nuclei = results[0].nuclei  # every sample follows the same mask
+        outline = np.zeros((nuclei.shape[0], cell_px[1] * len(results) - RESULT_GAP_PX), np.int32)
+        for k in range(len(results)):
+            outline[:, k * cell_px[1]: k * cell_px[1] + nuclei.shape[1]] = nuclei.instances
+        seeds = [r.provenance["parameters"]["seed"] for r in results]
+        seed_text = f"s{seeds[0]}" if len(seeds) == 1 else f"s{seeds[0]}-s{seeds[-1]}"
+        outline_kwargs = dict(
+            name=f"NASDM {seed_text} of {mask_layer.name} outlines", scale=(mpp, mpp), opacity=0.8,
+            translate=self.results.cell_origin(mask_layer, cell, row, 1),
+            colormap=_layers.class_color_dict(nuclei.classes, nuclei.scheme), visible=self.outline_check.isChecked(),
+            metadata={"histogen_outline": True, "histogen": {"kind": "nuclei", "scheme": nuclei.scheme.to_dict(),
+                                                             "mpp": mpp, "provenance": results[0].provenance}},
+            features=_layers.features_from_classes(nuclei.classes))
+        if units is not None:
+            outline_kwargs["units"] = units
+        items.append((outline, self.results.tag(outline_kwargs, mask_layer.name, row), "labels", self._keep_outline))
         self.results.add_later(items, on_added)
 
     def _keep_outline(self, layer) -> None:

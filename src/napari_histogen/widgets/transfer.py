@@ -13,7 +13,10 @@ image's mask is chosen and global when it is not, so the defaults run either way
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -43,6 +46,24 @@ ADAIN_CHOICES = {"auto (per class with a mask)": AUTO_ADAIN, "per class (paper)"
 INVERSION_CHOICES = {"edit-friendly DDPM": "edit_friendly", "DDIM": "ddim"}
 
 
+def _describe_model(spec) -> str:
+    from ..core.models.stable_diffusion import resolve_stable_diffusion
+
+    try:
+        found = resolve_stable_diffusion(spec)
+        return f"{found.source}: {found.path}"
+    except HistogenInputError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - a look-up problem is shown, a run reports it properly
+        return f"Could not look up the model: {err}"
+
+
+class _InfoRelay(QObject):
+    """Carries the model info from its thread to the GUI thread (queued signal)."""
+
+    done = Signal(object, str)
+
+
 class TransferWidget(EngineDock):
     """Dock widget: appearance image + its mask + target mask -> labelled in-silico images."""
 
@@ -55,6 +76,10 @@ class TransferWidget(EngineDock):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self.result_layers: list = []
+        self._info_token = None
+        self._info_busy = False
+        self._info_relay = _InfoRelay()
+        self._info_relay.done.connect(self._on_model_info)
         d = request_defaults(TransferRequest)
         st = TransferSettings()
 
@@ -80,7 +105,7 @@ class TransferWidget(EngineDock):
         self.model_edit.setPlaceholderText("default: Stable Diffusion 1.5 ($HISTOGEN_SD_MODEL)")
         self.model_edit.setToolTip("A model folder, a name in the model cache, or a hub id already in the local "
                                    "Hugging Face cache. Nothing is downloaded.")
-        self.model_edit.editingFinished.connect(self._update_model_info)
+        self.model_edit.editingFinished.connect(lambda: self._update_model_info())
         self._add_model_row(form, self.model_edit, "Folder…",
                             "Choose a Stable Diffusion folder (from `histogen models fetch`)")
 
@@ -140,7 +165,7 @@ class TransferWidget(EngineDock):
         self._add_status(layout)
 
         self._refresh_layers()
-        self._update_model_info()
+        self._update_model_info(background=True)  # the first look-up imports huggingface_hub: not on the GUI thread
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda _e: self._refresh_layers())
         self._finish_layout()
@@ -227,14 +252,28 @@ class TransferWidget(EngineDock):
         if path:
             self.set_model(path)
 
-    def _update_model_info(self) -> None:
-        from ..core.models.stable_diffusion import resolve_stable_diffusion
+    def _update_model_info(self, background: bool = False) -> None:
+        """Where the model would come from (file system only, nothing is downloaded)."""
+        spec = self.model_edit.text().strip() or None
+        self._info_token = token = object()
+        if not background:
+            self._on_model_info(token, _describe_model(spec))
+            return
+        relay = self._info_relay
+        self._info_busy = True
+        threading.Thread(target=lambda: relay.done.emit(token, _describe_model(spec)),
+                         name="histogen-model-info", daemon=True).start()
 
-        try:
-            found = resolve_stable_diffusion(self.model_edit.text().strip() or None)  # file system only: instant
-            self.model_info.setText(f"{found.source}: {found.path}")
-        except HistogenInputError as err:
-            self.model_info.setText(str(err))
+    def _on_model_info(self, token, text: str) -> None:
+        if token is not self._info_token:  # another model was chosen meanwhile
+            return
+        self._info_busy = False
+        self.model_info.setText(text)
+
+    @property
+    def busy(self) -> bool:
+        """The model info is still being looked up in the background."""
+        return self._info_busy
 
     # -- running ------------------------------------------------------------------------
     def _layer(self, combo, what):

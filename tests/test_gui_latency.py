@@ -1,0 +1,55 @@
+"""The GUI thread keeps ticking while the NASDM dock opens and synthesizes (tiny model, real viewer).
+
+A generous bound (1 s) that only a multi-second freeze breaks; ``benchmarks/gui_latency.py``
+measures the real numbers with the embedded default model.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("qtpy", reason="the GUI tests need a Qt binding (install the 'qt' extra)")
+pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gui_latency import measure_gaps  # noqa: E402
+
+from napari_histogen import _layers  # noqa: E402
+from napari_histogen.core.masks import NucleiMask  # noqa: E402
+
+pytestmark = pytest.mark.gui
+WORST_GAP_MS = 1000.0
+
+
+def test_opening_and_running_the_nasdm_dock_never_freezes(make_napari_viewer, tiny_nasdm, tmp_path, monkeypatch,
+                                                           qapp):
+    import numpy as np
+
+    from napari_histogen.widgets.nasdm import NasdmWidget
+
+    monkeypatch.setenv("HISTOGEN_HOME", str(tmp_path / "home"))
+    viewer = make_napari_viewer(show=True)
+    holder = {}
+
+    def open_dock():
+        holder["widget"] = widget = NasdmWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="NASDM synthesis")
+        widget.set_model(tiny_nasdm)
+
+    opened = measure_gaps(qapp, open_dock, lambda: "widget" in holder, timeout_s=60, settle_s=0.3)
+    assert not opened["timed_out"] and opened["worst_ms"] < WORST_GAP_MS, opened
+
+    widget = holder["widget"]
+    inst = np.zeros((32, 32), np.int32)
+    inst[3:10, 3:10], inst[12:18, 15:24] = 1, 2
+    data, kwargs, _ = _layers.nuclei_layer_data(NucleiMask.create(inst, {1: 3, 2: 2}, "consep", mpp=0.5), "mask")
+    viewer.add_labels(data, **kwargs)
+    widget.steps_spin.setValue(40)
+    widget.samples_spin.setValue(3)
+    widget.device_combo.setCurrentText("cpu")
+    ran = measure_gaps(qapp, widget.run, lambda: not widget.running, timeout_s=120, settle_s=0.3)
+    assert not ran["timed_out"], ran
+    assert len(widget.results.layers()) == 4  # the run really happened: 3 images + their outline layer
+    assert ran["worst_ms"] < WORST_GAP_MS, ran
+    assert ran["ticks"] > 10
