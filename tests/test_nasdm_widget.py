@@ -202,6 +202,7 @@ def test_closing_the_dock_widget_releases_the_model(dock, qtbot):
 def test_dock_scrolls_and_folds_the_advanced_settings(dock):
     viewer, widget = dock
     assert widget.scroll_area.widget().isAncestorOf(widget.run_btn)
+    assert widget.minimumSizeHint().height() < 300  # the content scrolls: the dock never forces a tall window
     assert not widget.advanced.expanded and widget.advanced.content.isAncestorOf(widget.device_combo)
     widget.advanced.toggle.click()
     assert widget.advanced.expanded

@@ -293,3 +293,12 @@ def test_dock_opens_from_the_plugin_menu_and_gives_back_keys(make_napari_viewer,
 
     assert viewer.keymap[KeyBinding.from_str("5")] is mine and KeyBinding.from_str("7") not in viewer.keymap
     assert errors == []
+
+
+def test_dock_scrolls_on_a_short_screen(dock):
+    from qtpy.QtWidgets import QScrollArea
+
+    _viewer, widget = dock
+    areas = widget.findChildren(QScrollArea)
+    assert any(area.widget().isAncestorOf(widget.open_btn) for area in areas if area.widget() is not None)
+    assert widget.minimumSizeHint().height() < 300

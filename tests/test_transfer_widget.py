@@ -132,3 +132,4 @@ def test_defaults_pick_per_class_adain_with_a_source_mask(dock):
     assert widget.source_mask_combo.currentText() != transfer_dock.NO_MASK
     assert widget.settings().adain == "masked"
     assert not widget.advanced.expanded  # the chain's expert settings start folded
+    assert widget.scroll_area.widget().isAncestorOf(widget.run_btn) and widget.minimumSizeHint().height() < 300
