@@ -53,3 +53,17 @@ def test_opening_and_running_the_nasdm_dock_never_freezes(make_napari_viewer, ti
     assert len(widget.results.layers()) == 4  # the run really happened: 3 images + their outline layer
     assert ran["worst_ms"] < WORST_GAP_MS, ran
     assert ran["ticks"] > 10
+
+
+def test_runs_leave_the_gui_thread_a_core():
+    import os
+
+    import torch
+
+    from napari_histogen.widgets._runner import gui_friendly_threads
+
+    before = torch.get_num_threads()
+    with gui_friendly_threads():
+        inside = torch.get_num_threads()
+    assert inside == max(1, min(before, (os.cpu_count() or 2) - 1))
+    assert torch.get_num_threads() == before
