@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("HISTOGEN_KEY_DIR", tempfile.mkdtemp(prefix="histogen-test-keys-"))
 
 
-def save_tiny_nasdm(folder, *, image_size=32, scheme="consep", seed=0):
+def save_tiny_nasdm(folder, *, image_size=32, scheme="consep", seed=0, mpp=0.5):
     """Save a tiny random NASDM model (non-zero output layers) to ``folder``; return its path."""
     import torch
 
@@ -33,7 +33,7 @@ def save_tiny_nasdm(folder, *, image_size=32, scheme="consep", seed=0):
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     config = NasdmModelConfig(unet=model.config.to_dict(), diffusion=GaussianDiffusion().config(),
-                              scheme=scheme.to_dict(), class_ids=list(scheme.ids), mpp=0.5,
+                              scheme=scheme.to_dict(), class_ids=list(scheme.ids), mpp=mpp,
                               training={"model_id": "tiny-test"})
     return save_nasdm(model, config, folder / "nasdm.safetensors")
 
