@@ -8,10 +8,44 @@ same widget (the widget object, its attributes and its signals stay what they we
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
-__all__ = ["make_scrollable", "Foldable"]
+__all__ = ["make_scrollable", "Foldable", "VerticalScrollArea"]
+
+
+#: the least height a scrolled dock asks for (a few rows stay visible)
+MIN_SCROLLED_HEIGHT = 160
+
+
+class VerticalScrollArea(QScrollArea):
+    """A scroll area as wide as its content (never clipping it sideways) and as short as the screen needs."""
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt API
+        super().setWidget(widget)
+        widget.installEventFilter(self)  # the content's size changes (style, texts, folding) reach the dock
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if obj is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+    def _extra_width(self) -> int:
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        content = self.widget()
+        if content is None:
+            return super().minimumSizeHint()
+        inner = content.minimumSizeHint()
+        return QSize(inner.width() + self._extra_width(), min(inner.height(), MIN_SCROLLED_HEIGHT))
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        content = self.widget()
+        if content is None:
+            return super().sizeHint()
+        inner = content.sizeHint()
+        return QSize(inner.width() + self._extra_width(), inner.height())
 
 
 def make_scrollable(widget: QWidget) -> QScrollArea:
@@ -26,7 +60,7 @@ def make_scrollable(widget: QWidget) -> QScrollArea:
     content_layout = widget.layout()
     if content_layout is not None:
         inner.setLayout(content_layout)  # Qt takes the layout over and reparents its widgets
-    area = QScrollArea()
+    area = VerticalScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
