@@ -107,6 +107,9 @@ def test_scheme_mismatch_and_empty_mask_messages(dock, qtbot, messages):
     widget.run()
     wait_idle(qtbot, widget)
     assert any("trained on 'consep'" in m for m in messages["error"])
+    # the whole reason, in the dock's own status line too
+    shown = next(m for m in messages["error"] if "trained on 'consep'" in m)
+    assert shown in widget.status.text() and widget.status.wordWrap()
     viewer.add_labels(np.zeros((32, 32), np.int32), name="empty")
     widget.mask_combo.setCurrentText("empty")
     widget.run()
