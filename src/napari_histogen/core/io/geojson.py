@@ -373,7 +373,7 @@ def read_geojson(path, shape=None, scheme=None, class_map: Mapping[str, str] | N
     class_ids = [UNCLASSIFIED if name is None else scheme_obj.id_of(name) for name in names]
 
     offset = None
-    stored_meta = stored.get("metadata") if isinstance(stored.get("metadata"), dict) else {}
+    stored_meta: dict = stored.get("metadata") if isinstance(stored.get("metadata"), dict) else {}  # type: ignore[assignment]
     if stored.get("shape") is not None and stored_meta.get("offset_xy") is not None:
         # written by write_geojson from a mask cut out of a slide: outlines are in slide
         # coordinates, the mask's grid starts at the recorded offset
