@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "OUT/synthetic (image + mask, mask | synthetic | real PNG, provenance).")
     demo.add_argument("--out", default="histogen-demo", help="output folder when headless (default: histogen-demo)")
     demo.add_argument("--model", default="default", help="NASDM model (default: the embedded one)")
-    demo.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: 75 on CPU, 250 on CUDA)")
+    demo.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the model's recommendation; 20 for the embedded model)")
     demo.add_argument("--seed", type=seed_int, default=0)
     demo.add_argument("--device", default="auto")
     mode = demo.add_mutually_exclusive_group()

@@ -68,7 +68,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "downstream", help="train a nuclei segmenter on real / synthetic patches, score it on real validation tiles",
         description="Arms: " + "; ".join(f"{k}: {v.format(part=25, rest=75)}" for k, v in ARMS.items())
         + ". Each arm and seed trains the same small HoVer-style U-Net for the same number of steps and is scored "
-          "on the validation tiles of the split by source image (Dice, AJI, PQ, per-type F1; mean ± 95 %% t "
+          "on the validation tiles of the split by source image (Dice, AJI, PQ, per-type F1; mean ± 95 % t "
           "interval over seeds). Resumable: finished runs and synthetic patches are cached in --out. "
           "See docs/downstream.md.")
     p.add_argument("--data", required=True, help="dataset folder or file (formats of 'histogen train nasdm')")

@@ -215,9 +215,10 @@ def add_nasdm_parser(engines) -> None:
     p.add_argument("--out", required=True, type=out_dir_arg, help="output folder")
     p.add_argument("--n", type=positive_int, default=d["n_samples"], help="samples per mask")
     p.add_argument("--steps", type=positive_int, default=d["steps"],
-                   help=f"respaced sampling steps (1000 = full chain); default {DEFAULT_STEPS_GPU} on CUDA, "
-                        f"{DEFAULT_STEPS_CPU} on CPU")
-    p.add_argument("--guidance", type=float, default=d["guidance"], help="classifier-free guidance scale s")
+                   help="sampling steps (default: the model's recommendation, 20 for the embedded model; pixel "
+                        f"models without one: {DEFAULT_STEPS_GPU} on CUDA, {DEFAULT_STEPS_CPU} on CPU)")
+    p.add_argument("--guidance", type=float, default=d["guidance"],
+                   help="classifier-free guidance scale s (default: the model's recommendation)")
     p.add_argument("--sampler", default=d["sampler"], choices=SAMPLERS)
     p.add_argument("--variance", default=d["variance"], choices=VARIANCES,
                    help="variance of the DDPM step (default: the model's recommended one)")
