@@ -151,7 +151,7 @@ def missing_model_message(spec: str, looked: list[str] | None = None) -> str:
         f"`histogen models fetch sd15 --out sd15` (add `--variant fp16` for half the size), copy the folder "
         f"to this workstation and choose it as the model (dock: 'Folder…'; CLI: --model FOLDER), or copy it "
         f"into {sd_cache_dir()}/sd15 (then --model sd15). A Hugging Face cache copied from another machine "
-        f"works too (set HF_HOME to it). See the README, 'Stable Diffusion weights on an offline workstation'.")
+        f"works too (set HF_HOME to it). See docs/transfer.md, 'Stable Diffusion weights on an offline workstation'.")
 
 
 def resolve_stable_diffusion(spec: str | None = None) -> ResolvedModel:
