@@ -408,3 +408,18 @@ def test_crop_the_ihc_sample_to_a_rectangle_and_tile_it(dock, errors):
                      for t in tiles)
     assert offsets == [(0, 0), (0, 256), (256, 0), (256, 256)]
     assert errors == []
+
+
+def test_result_outlines_of_a_synthesis_dock_are_not_offered_for_annotation(dock):
+    viewer, widget = dock
+    inst = np.zeros((16, 16), np.int32)
+    inst[2:6, 2:6] = 1
+    nuclei = NucleiMask.create(inst, {1: 2}, "consep", mpp=0.5)
+    data, kwargs, _ = _layers.nuclei_layer_data(nuclei, "painted")
+    viewer.add_labels(data, **kwargs)
+    data, kwargs, _ = _layers.nuclei_layer_data(nuclei, "NASDM s0 of painted outlines")
+    kwargs["metadata"] = {**kwargs["metadata"], "histogen_outline": True}
+    viewer.add_labels(data, **kwargs)  # the newest layer is the active one
+    names = [widget.target_combo.itemText(i) for i in range(widget.target_combo.count())]
+    assert "painted" in names and "NASDM s0 of painted outlines" not in names
+    assert widget.target_combo.currentText() == "painted"

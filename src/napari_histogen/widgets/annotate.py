@@ -267,7 +267,9 @@ class AnnotateWidget(QWidget):
         return [layer for layer in self.viewer.layers if layer.__class__.__name__ == "Image"]
 
     def _annotation_layers(self):
-        return [layer for layer in self.viewer.layers if _layers.layer_kind(layer) in ("nuclei", "tissue", "points")]
+        # a synthesis dock's result outlines are its output, not something to annotate
+        return [layer for layer in self.viewer.layers if _layers.layer_kind(layer) in ("nuclei", "tissue", "points")
+                and not layer.metadata.get("histogen_outline")]
 
     def _layer_by_name(self, name):
         return self.viewer.layers[name] if name in self.viewer.layers else None
