@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # "" and "core": the package roots (the version string; no imports)
     ("foundation", ("", "_about", "core", "core.errors", "core.progress", "core.provenance", "core.devices", "core.schemes",
                     "core.settings", "core.distributed")),
-    ("domain", ("core.images", "core.masks", "core.points", "core.render", "core.scheme_maps", "core.crops")),
+    ("domain", ("core.images", "core.masks", "core.points", "core.render", "core.scheme_maps", "core.crops",
+                "core.instances")),
     ("io", ("core.io",)),
     ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics",
                 "core.segment")),
