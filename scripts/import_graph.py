@@ -41,15 +41,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "core.instances")),
     ("io", ("core.io",)),
     ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics",
-                "core.segment")),
+                "core.segment", "core.maskgen", "core.cosyn")),
     ("engines", ("core.engines",)),
     ("workflows", ("core.sample", "core.demo", "core.study", "core.downstream")),
     ("front ends", ("cli", "cli_common", "cli_evaluate", "cli_nasdm", "cli_study", "cli_transfer", "widgets", "_layers", "_reader", "_writer",
                     "_sample_data")),
 ]
-#: model families that must not import each other (one tuple per family: the latent NASDM
-#: shares the NASDM network and data code, so those two are one family)
-FAMILIES = (("core.nasdm", "core.latent"), ("core.transfer",), ("core.segment",))
+#: model families that must not import each other (one tuple per family: the latent NASDM,
+#: NASDM++ mask generation and co-synthesis share the NASDM training data, checkpoint and TAEF2
+#: code, so they are one family)
+FAMILIES = (("core.nasdm", "core.latent", "core.maskgen", "core.cosyn"), ("core.transfer",), ("core.segment",))
 INDEPENDENT = tuple(p for family in FAMILIES for p in family)
 #: shared model-layer packages: they may not import a family
 SHARED_MODEL_CODE = ("core.diffusion", "core.models", "core.metrics")
