@@ -38,7 +38,7 @@ def _settings_from_args(args):
         inversion_guidance=args.inversion_guidance, prompt=args.prompt, swap=not args.no_swap, swap_ranges=swaps,
         contrast=args.contrast, swap_guidance_start=args.swap_guidance[0], swap_guidance_end=args.swap_guidance[1],
         adain=args.adain, adain_start=args.adain_steps[0], adain_end=args.adain_steps[1], render=args.render,
-        size=args.size, batch_targets=args.batch_targets).check()
+        freeu=not args.no_freeu, size=args.size, batch_targets=args.batch_targets).check()
 
 
 def cmd_synthesize_transfer(args) -> int:
@@ -136,7 +136,8 @@ def add_transfer_parser(engines) -> None:
     p.add_argument("--skip", type=nonneg_int, default=st["skip_steps"], help="noisiest steps not run")
     p.add_argument("--inversion", default=st["inversion"].replace("_", "-"),
                    choices=tuple(i.replace("_", "-") for i in INVERSIONS))
-    p.add_argument("--inversion-guidance", type=float, default=st["inversion_guidance"], help="text guidance while inverting")
+    p.add_argument("--inversion-guidance", type=float, default=st["inversion_guidance"],
+                   help="text guidance while inverting (edit-friendly only; DDIM inversion runs at 1 to round-trip)")
     p.add_argument("--swap-32", type=int, nargs=2, default=swaps[32], metavar=("START", "END"),
                    help="steps of the key/value swap at 32x32 tokens")
     p.add_argument("--swap-64", type=int, nargs=2, default=swaps[64], metavar=("START", "END"),
@@ -150,7 +151,10 @@ def add_transfer_parser(engines) -> None:
     p.add_argument("--adain-steps", type=int, nargs=2, default=[st["adain_start"], st["adain_end"]],
                    metavar=("START", "END"))
     p.add_argument("--render", default=st["render"], choices=RENDER_MODES,
-                   help="structure image colours: class means of the source, or the scheme's")
+                   help="structure image: the target mask painted in the source's class means (ours), in the "
+                        "scheme's colours, or the mask itself as grey levels (the paper's wording)")
+    p.add_argument("--no-freeu", action="store_true",
+                   help="plain UNet: no FreeU on the backbone features (the reference applies it on every call)")
     p.add_argument("--prompt", default=st["prompt"], help="the sentence for all branches")
     p.add_argument("--size", type=positive_int, default=st["size"], help="working size in px (default: the model's, 512)")
     p.add_argument("--batch-targets", type=nonneg_int, default=st["batch_targets"], help="targets denoised together (0 = 4 on CUDA, 1 on CPU)")

@@ -33,7 +33,7 @@ from ..core.engines.base import request_defaults
 from ..core.engines.transfer import TransferRequest
 from ..core.errors import HistogenInputError
 from ..core.masks import match_classes
-from ..core.transfer.settings import TransferSettings
+from ..core.transfer.settings import RENDER_MODES, TransferSettings
 from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
 from ._results import GAP_PX, anchor_units
 from ._runner import EngineDock
@@ -152,6 +152,17 @@ class TransferWidget(EngineDock):
         self.inversion_combo.setCurrentText(next(k for k, v in INVERSION_CHOICES.items() if v == st.inversion))
         self.inversion_combo.setToolTip("Edit-friendly DDPM inversion (the reference; exact reconstruction) or DDIM")
         expert.addRow("inversion", self.inversion_combo)
+        self.freeu_check = QCheckBox("FreeU on the backbone features (the reference)")
+        self.freeu_check.setChecked(st.freeu)
+        self.freeu_check.setToolTip("The reference's FreeU variant on every UNet call, inversions included; untick "
+                                    "for the plain UNet")
+        expert.addRow("", self.freeu_check)
+        self.render_combo = QComboBox()
+        self.render_combo.addItems(list(RENDER_MODES))
+        self.render_combo.setCurrentText(st.render)
+        self.render_combo.setToolTip("Structure image: mean = the target mask painted in the source's class colours "
+                                     "(ours); scheme = the scheme's colours; mask = the mask as grey levels (the paper)")
+        expert.addRow("structure image", self.render_combo)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setValue(d["seed"])
@@ -174,7 +185,8 @@ class TransferWidget(EngineDock):
         return {"model": self.model_edit, "outputs": self.outputs_spin, "seed": self.seed_spin,
                 "augment": self.augment_check, "steps": self.steps_spin, "skip": self.skip_spin,
                 "contrast": self.contrast_spin, "swap_guidance": self.guidance_spin, "adain": self.adain_combo,
-                "inversion": self.inversion_combo, "device": self.device_combo}
+                "inversion": self.inversion_combo, "freeu": self.freeu_check, "render": self.render_combo,
+                "device": self.device_combo}
 
     # -- choices ------------------------------------------------------------------------
     def _image_layers(self):
@@ -298,7 +310,8 @@ class TransferWidget(EngineDock):
         return TransferSettings(steps=self.steps_spin.value(), skip_steps=self.skip_spin.value(),
                                 contrast=float(self.contrast_spin.value()), swap_guidance_start=start,
                                 swap_guidance_end=max(start / 2, 1.0), adain=adain,
-                                inversion=INVERSION_CHOICES[self.inversion_combo.currentText()]).check()
+                                inversion=INVERSION_CHOICES[self.inversion_combo.currentText()],
+                                freeu=self.freeu_check.isChecked(), render=self.render_combo.currentText()).check()
 
     def request(self) -> TransferRequest:
         """The request the dock's layers and controls describe (inputs converted once, here)."""

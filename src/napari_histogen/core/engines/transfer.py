@@ -253,7 +253,8 @@ class TransferEngine:
             prov = make_provenance(
                 "appearance transfer", engine=ENGINE_NAME, method="mask-guided cross-image attention (AstraZeneca)",
                 model=self.parts.spec, model_path=str(self.parts.path) if self.parts.path else None,
-                model_sha256=self.parts.sha256, mode=self.mode, settings=s.to_dict(), seed=seed + k,
+                model_sha256=self.parts.sha256, mode=self.mode, settings=s.to_dict(),
+                inversion_guidance_used=s.inversion_guidance_used, seed=seed + k,
                 request_seed=seed, output_index=k, n_outputs=n, augmentation=augs[k],
                 source=request.source_name, target=target.name, source_sha256=source_hash,
                 source_mask_sha256=source_mask_hash, target_mask_sha256=target_hashes[bases[k]],

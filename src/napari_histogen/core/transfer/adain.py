@@ -8,6 +8,13 @@ After each denoising step in the AdaIN range the output latent is renormalised p
   appearance latent inside the same class of the source mask; pixels of other classes are left
   as they are. Masks are nearest-downsampled to the latent grid (pixel centres).
 
+The order of the classes is the paper's: "in a two-class appearance transfer scenario, the mask
+of the foreground class was used in every even denoising step, while the mask of the background
+class was used in every odd denoising step". Foreground comes first: the labelled classes by
+ascending id (the tissue scheme: 1 epithelium before 2 stroma), then label 0 (unlabelled, the
+background of a binary mask) last. Steps count the denoising steps run (the reference's callback
+index), so with two classes the first one acts after steps 20, 22, ...
+
 Statistics follow the reference: per channel, unbiased variance plus 1e-5 under the square root.
 Classes are matched by id; a class of the target mask that the source mask lacks (or that covers
 fewer than 2 latent pixels) has no statistics to copy and is left out of the alternation
@@ -69,8 +76,8 @@ def adain_classes(target_latent_mask: np.ndarray, source_latent_mask: np.ndarray
     Returns
     -------
     classes : list of int
-        Sorted ids present (at least 2 latent pixels) in both masks; 0 only with
-        ``include_unlabelled``.
+        Ids present (at least 2 latent pixels) in both masks in the paper's order: labelled ids
+        ascending (the foreground first), then 0 (only with ``include_unlabelled``) last.
     left_out : dict
         ``{"not_in_source": [...], "too_small": [...]}`` (ids of the target mask).
     """
@@ -88,6 +95,7 @@ def adain_classes(target_latent_mask: np.ndarray, source_latent_mask: np.ndarray
             small.append(cid)
         else:
             classes.append(cid)
+    classes = [c for c in classes if c != 0] + [c for c in classes if c == 0]  # foreground first, 0 last
     return classes, {"not_in_source": missing, "too_small": small}
 
 

@@ -29,7 +29,8 @@ class SwapState:
 
     def __init__(self):
         self.enabled = False            # swap in this call
-        self.step = -1                  # denoising step (0 = the first one run)
+        self.step = -1                  # denoising step (0 = the first one run), for records
+        self.counter = -1               # the step counter the swap ranges read (the reference's one-step lag)
         self.sides: dict = {}           # token side -> [start, end) steps
         self.roles: list = []           # per batch item: (role, target index)
         self.structure = False          # this step takes the structure's keys/values
@@ -43,7 +44,7 @@ class SwapState:
         if not self.enabled or side not in self.sides:
             return None
         start, end = self.sides[side]
-        if not start <= self.step < end:
+        if not start <= self.counter < end:
             return None
         index = {role: j for j, role in enumerate(self.roles)}
         pairs = []

@@ -13,7 +13,9 @@ latents (:mod:`.inversion`), and denoises the branches of one or several target 
 
 After every step, step callbacks ``cb(step, out, app)`` act on the output latents: AdaIN
 (:class:`~napari_histogen.core.transfer.adain.AdainStep`) and any passed as ``step_callbacks``.
-Together with the attention processors this is the whole method: diffusers' UNet runs unmodified.
+Together with the attention processors and FreeU's forward pre-hooks on the up-blocks
+(:mod:`.freeu`, installed for every UNet call of an inversion or a transfer when
+``settings.freeu``) this is the whole method: diffusers' UNet runs unmodified.
 
 The optimised path (default) puts all branch items of a step in **one** UNet call and leaves
 out what a step does not need, without changing the result: before the output first differs
@@ -34,6 +36,7 @@ import numpy as np
 from ..progress import check_cancel
 from .adain import AdainStep, adain_classes, latent_mask
 from .attention import SwapState, decoder_attention_sides, install_processors, restore_processors
+from .freeu import FreeUHooks
 from .inversion import Inversion, denoise_step, invert_ddim, invert_edit_friendly, make_schedule
 from .settings import TransferSettings
 
@@ -49,7 +52,8 @@ class TransferRecord:
     ``swaps``: one dict per swapped layer call (step, layer, tokens, source, items);
     ``adain``: one dict per AdaIN application (step, target, class, and with ``keep_tensors``
     the output and appearance latents after it and the latent masks);
-    ``roles``: the batch roles of every UNet call of the transfer; ``unet_calls``/``unet_items``.
+    ``roles``: the batch roles of every UNet call of the transfer; ``unet_calls``/``unet_items``;
+    ``freeu``: one dict per FreeU change (block, channels, factors), inversions included.
     """
 
     swaps: list = field(default_factory=list)
@@ -58,6 +62,7 @@ class TransferRecord:
     unet_calls: int = 0
     unet_items: int = 0
     keep_tensors: bool = True
+    freeu: list = field(default_factory=list)
 
 
 class TransferRunner:
@@ -107,12 +112,22 @@ class TransferRunner:
         class _Ctx:
             def __enter__(self):
                 runner.parts.lock.acquire()
-                self.previous = install_processors(runner.parts.unet, runner.state)
+                try:
+                    self.previous = install_processors(runner.parts.unet, runner.state)
+                    self.freeu = None
+                    if runner.settings.freeu:
+                        record = None if runner.record is None else runner.record.freeu
+                        self.freeu = FreeUHooks(runner.parts.unet, record=record).__enter__()
+                except BaseException:
+                    runner.parts.lock.release()
+                    raise
                 return self
 
             def __exit__(self, *exc):
                 try:
                     runner.state.enabled = False
+                    if self.freeu is not None:
+                        self.freeu.__exit__(*exc)
                     restore_processors(runner.parts.unet, self.previous)
                 finally:
                     runner.parts.lock.release()
@@ -154,16 +169,16 @@ class TransferRunner:
 
         s = self.settings
         cond = self.parts.encode_prompt(s.prompt)
-        guided = float(s.inversion_guidance) != 1.0
-        uncond = self.parts.encode_prompt("") if guided else None
+        guidance = s.inversion_guidance_used  # DDIM: always 1, else the unguided denoising cannot retrace it
+        uncond = self.parts.encode_prompt("") if guidance != 1.0 else None
         straight = self.mode == "straightforward"
         with torch.inference_mode(), self._processors():
             self.state.enabled = False
             if s.inversion == "ddim":
                 return invert_ddim(self.eps_fn, latents, self.schedule, cond=cond, uncond=uncond,
-                                   guidance=s.inversion_guidance, separate_cfg=straight, tick=tick, cancel=cancel)
+                                   guidance=guidance, separate_cfg=straight, tick=tick, cancel=cancel)
             return invert_edit_friendly(self.eps_fn, latents, self.schedule, seeds=list(seeds), cond=cond,
-                                        uncond=uncond, guidance=s.inversion_guidance,
+                                        uncond=uncond, guidance=guidance,
                                         batch=1 if straight else s.inversion_batch, full_chain=straight,
                                         separate_cfg=straight, tick=tick, cancel=cancel)
 
@@ -254,7 +269,7 @@ class TransferRunner:
     def _steps_of(self):
         s = self.settings
         k_run = len(self.schedule)
-        swap = {k for k in range(k_run) if any(a <= k < b for a, b in self.state.sides.values())}
+        swap = {k for k in range(k_run) if any(s.swap_step(k, rng) for rng in self.state.sides.values())}
         structure = {k for k in swap if s.structure_step(k)}
         adain_steps = {k for k in range(k_run) if s.adain_step(k)}
         return swap, structure, adain_steps
@@ -307,7 +322,7 @@ class TransferRunner:
             if need_struct:
                 roles += [("struct", i) for i in range(g)]
                 items.append(x_struct)
-            self.state.roles, self.state.step = roles, k
+            self.state.roles, self.state.step, self.state.counter = roles, k, s.swap_counter(k)
             self.state.enabled, self.state.structure = swap_k, k in structure
             if self.record is not None:
                 self.record.roles.append(tuple(roles))
@@ -369,6 +384,7 @@ class TransferRunner:
             x = torch.cat([x_out, x_app, x_struct])
             embeds = cond.expand(x.shape[0], -1, -1)
             self.state.roles, self.state.step, self.state.structure = roles, k, k in structure
+            self.state.counter = s.swap_counter(k)
             self.state.enabled = bool(s.swap)
             if self.record is not None:
                 self.record.roles.append(tuple(roles))

@@ -1,13 +1,20 @@
 """Every range and strength of the appearance transfer, with the paper's values as defaults.
 
-Step numbers count the denoising steps that actually run, from 0 at the first one, the way
-the reference code (garibida/cross-image-attention) counts them: with ``steps=100`` and
-``skip_steps=32`` the chain runs 68 steps (timesteps 351 .. 1 of 1000), numbered 0..67, and
-the ranges below are half-open ``[start, end)`` in that numbering. The AstraZeneca paper gives
-100 DDIM steps, the swap at 32x32 tokens for steps 10-70 and at 64x64 tokens for steps 10-90,
-AdaIN for steps 20-100; where it is silent the reference's values are used (skip 32,
-contrast 1.67, swap guidance 3.5 falling linearly to 1.75, structure keys/values re-injected
-at steps 10, 15, ..., 35, inversion with text guidance 3.5).
+Step numbers count the denoising steps that actually run, from 0 at the first one: with
+``steps=100`` and ``skip_steps=32`` the chain runs 68 steps (timesteps 671 .. 1 of 1000),
+numbered 0..67. The AstraZeneca paper gives 100 DDIM steps, the swap at 32x32 tokens for steps
+10-70 and at 64x64 tokens for steps 10-90, AdaIN for steps 20-100; where it is silent the
+reference's values are used (skip 32, contrast 1.67, swap guidance 3.5 falling linearly to
+1.75, structure keys/values re-injected at counter 10, 15, ..., 35, edit-friendly inversion
+with text guidance 3.5, FreeU on every UNet call).
+
+The swap ranges and the structure steps are read the way the reference code
+(garibida/cross-image-attention) reads them: from a step counter that its step callback sets
+*after* each step, so during step ``k`` the attention sees counter ``k - 1`` (0 at step 0).
+The ranges ``[start, end)`` below are in that counter, the reference's configuration values;
+with the defaults the swaps run at steps 11..67 and the structure's keys/values are re-injected
+at steps 11, 16, ..., 36 (:meth:`TransferSettings.swap_counter`). AdaIN reads the step just
+run (no lag), as in the reference: after steps 20..67.
 
 Swap resolutions are token grids of Stable Diffusion's decoder for a 512x512 image
 (latent 64x64). At another working size they refer to the same decoder levels: a range given
@@ -29,13 +36,14 @@ __all__ = ["SwapRange", "TransferSettings", "DEFAULT_PROMPT", "INVERSIONS", "ADA
 DEFAULT_PROMPT = "A photo of a histopathology tissue section"
 INVERSIONS = ("edit_friendly", "ddim")
 ADAIN_MODES = ("masked", "global", "off")
-RENDER_MODES = ("mean", "scheme")
+RENDER_MODES = ("mean", "scheme", "mask")
 
 
 @dataclass(frozen=True)
 class SwapRange:
     """Swap keys/values in decoder self-attention layers with ``tokens`` x ``tokens`` tokens
-    (at the 512 px reference size) for steps ``start <= step < end``."""
+    (at the 512 px reference size) while the reference's step counter is in ``[start, end)``
+    (steps ``start + 1 .. end``, see :meth:`TransferSettings.swap_counter`)."""
 
     tokens: int
     start: int
@@ -60,34 +68,46 @@ class TransferSettings:
         Edit-friendly DDPM inversion (noise maps replayed; exact reconstruction) or
         deterministic DDIM inversion.
     inversion_guidance : float
-        Text classifier-free guidance while inverting (3.5, the reference; 1 = none, half
-        the cost and an exact edit-friendly reconstruction).
+        Text classifier-free guidance while inverting with edit-friendly inversion (3.5, the
+        reference; 1 = none, half the cost). Its noise maps absorb the difference to the
+        unguided denoising. DDIM inversion always runs at guidance 1 (without stored noise maps
+        only an unguided inversion is retraced by the unguided denoising), see
+        :attr:`inversion_guidance_used`.
     prompt : str
         The sentence for all branches (no text guidance during the transfer).
     swap : bool
         Cross-image attention on/off (off, with AdaIN off, is plain inversion + denoising).
     swap_ranges : tuple of SwapRange
-        Where and when the output takes the appearance's keys and values.
+        Where and when the output takes the appearance's keys and values (in the reference's
+        step counter, which lags one step: (32, 10, 70) swaps at steps 11..70).
     reference_latent : int
         Latent side the token sides of ``swap_ranges`` refer to (64 = 512 px images).
     structure_kv_every, structure_kv_until : int
-        At swap steps ``s`` with ``s % every == 0 and s < until`` the output takes the
-        structure branch's keys and values instead (reference: 5, 40; every 0 = never).
+        At swap steps whose counter ``c`` has ``c % every == 0 and c < until`` the output takes
+        the structure branch's keys and values instead (reference: 5, 40, i.e. steps 11, 16,
+        ..., 36; every 0 = never).
     contrast : float
         Attention contrast on the swapped maps, ``A <- clip((A - mean) * c + mean, 0, 1)`` (1.67).
     swap_guidance_start, swap_guidance_end : float
         Swap guidance ``eps = eps_off + s (eps_on - eps_off)``, ``s`` linear from start to end
         over the steps run (3.5 -> 1.75); 1 and 1 = no second pass.
     adain : {"masked", "global", "off"}
-        Per-class masked AdaIN, one class per step, alternating (the paper's method); global
-        AdaIN (the baseline); or none.
+        Per-class masked AdaIN, one class per step, alternating with the foreground first (the
+        paper's method: labelled classes by id, then unlabelled 0; two classes put the
+        foreground on the even steps); global AdaIN (the baseline); or none.
     adain_start, adain_end : int
         AdaIN after steps ``start <= step < end`` (20, 100).
     adain_unlabelled : bool
         Treat label 0 (unlabelled) as a class of its own when both masks have it.
-    render : {"mean", "scheme"}
-        Colours of the structure image: each class's mean colour in the source image (default;
-        gives the structure branch plausible stain colours) or the class scheme's colours.
+    render : {"mean", "scheme", "mask"}
+        The structure image: the target mask painted with each class's mean colour in the source
+        image (default, our choice: the structure branch starts from plausible stain colours);
+        painted with the class scheme's colours; or the mask itself as a grey image (class id
+        ``c`` at ``255 c / max id``: the paper inverts "the mask"). See
+        :func:`~napari_histogen.core.transfer.render.render_structure`.
+    freeu : bool
+        FreeU on the UNet's backbone features on every call, inversions included, as the
+        reference (:mod:`~napari_histogen.core.transfer.freeu`); off = the plain UNet.
     inversion_seed : int
         Seed of the appearance image's edit-friendly noise (fixed, so its inversion is cached
         across runs and seeds). Output ``k`` of a request with seed ``s`` inverts its structure
@@ -121,6 +141,7 @@ class TransferSettings:
     adain_end: int = 100
     adain_unlabelled: bool = True
     render: str = "mean"
+    freeu: bool = True
     inversion_seed: int = 0
     size: int | None = None
     batch_targets: int = 0
@@ -141,9 +162,30 @@ class TransferSettings:
                 out[side] = (int(rng.start), int(rng.end))
         return out
 
+    @staticmethod
+    def swap_counter(step: int) -> int:
+        """The step counter the swap schedule reads during step ``step`` (the reference's one-step lag).
+
+        The reference's step callback stores the index of the step just run, so the attention
+        of step ``k`` reads ``k - 1``; before the first callback the counter is 0.
+        """
+        return max(int(step) - 1, 0)
+
+    def swap_step(self, step: int, side_range: tuple[int, int]) -> bool:
+        """Whether step ``step`` swaps in a layer whose range (in the counter) is ``side_range``."""
+        start, end = side_range
+        return self.swap and int(start) <= self.swap_counter(step) < int(end)
+
     def structure_step(self, step: int) -> bool:
+        """Whether a swap at step ``step`` takes the structure's keys and values (read in the counter)."""
         every = int(self.structure_kv_every)
-        return every > 0 and step % every == 0 and step < int(self.structure_kv_until)
+        counter = self.swap_counter(step)
+        return every > 0 and counter % every == 0 and counter < int(self.structure_kv_until)
+
+    @property
+    def inversion_guidance_used(self) -> float:
+        """Text guidance the inversion actually uses: the setting for edit-friendly, 1 for DDIM."""
+        return float(self.inversion_guidance) if self.inversion == "edit_friendly" else 1.0
 
     def swap_guidance(self, step: int) -> float:
         """The swap guidance scale at ``step`` (linear from start to end over the steps run)."""
@@ -194,7 +236,8 @@ class TransferSettings:
 
     def inversion_key(self) -> tuple:
         """The settings an inversion depends on (part of the inversion cache key)."""
-        return (int(self.steps), int(self.skip_steps), self.inversion, float(self.inversion_guidance), self.prompt)
+        return (int(self.steps), int(self.skip_steps), self.inversion, self.inversion_guidance_used, self.prompt,
+                bool(self.freeu))
 
     @classmethod
     def from_dict(cls, data: dict) -> "TransferSettings":
