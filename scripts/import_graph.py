@@ -13,14 +13,16 @@ The layers, lowest first (a module may import its own layer and the ones below i
  1     domain        core.images, core.masks, core.points, core.render, core.scheme_maps, core.crops
  2     io            core.io
  3     models        core.diffusion, core.nasdm, core.latent, core.transfer, core.models,
-                     core.metrics, core.segment (model code and its numerics; one package per family)
+                     core.metrics, core.segment, core.exemplar (model code and its numerics; one package
+                     per family)
  4     engines       core.engines (the contract, the registry, one module per engine, batch runs)
  5     workflows     core.sample, core.demo, core.study, core.downstream (products built on engines and io)
  6     front ends    cli*, widgets, _layers, _reader, _writer, _sample_data (napari / command line)
 =====  ============  ===================================================================
 
 Within the models layer the families are independent: the NASDM family (``core.nasdm``,
-``core.latent``), ``core.transfer`` and the nuclei segmenter ``core.segment`` do not import each other (``core.diffusion``,
+``core.latent``), ``core.transfer``, the nuclei segmenter ``core.segment`` and example-based transfer
+``core.exemplar`` do not import each other (``core.diffusion``,
 ``core.models`` and ``core.metrics`` are shared by them and import none of them).
 """
 
@@ -41,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "core.instances")),
     ("io", ("core.io",)),
     ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics",
-                "core.segment", "core.maskgen", "core.cosyn")),
+                "core.segment", "core.maskgen", "core.cosyn", "core.exemplar")),
     ("engines", ("core.engines",)),
     ("workflows", ("core.sample", "core.demo", "core.study", "core.downstream")),
     ("front ends", ("cli", "cli_common", "cli_evaluate", "cli_nasdm", "cli_study", "cli_transfer", "widgets", "_layers", "_reader", "_writer",
@@ -50,7 +52,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 #: model families that must not import each other (one tuple per family: the latent NASDM,
 #: NASDM++ mask generation and co-synthesis share the NASDM training data, checkpoint and TAEF2
 #: code, so they are one family)
-FAMILIES = (("core.nasdm", "core.latent", "core.maskgen", "core.cosyn"), ("core.transfer",), ("core.segment",))
+FAMILIES = (("core.nasdm", "core.latent", "core.maskgen", "core.cosyn"), ("core.transfer",), ("core.segment",),
+            ("core.exemplar",))
 INDEPENDENT = tuple(p for family in FAMILIES for p in family)
 #: shared model-layer packages: they may not import a family
 SHARED_MODEL_CODE = ("core.diffusion", "core.models", "core.metrics")

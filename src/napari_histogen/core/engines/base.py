@@ -183,6 +183,11 @@ ENGINES: dict[str, EngineInfo] = {
         summary="a real patch's look on new tissue masks, zero-shot (Stable Diffusion 1.5)",
         engine=f"{_PKG}.transfer:TransferEngine", request=f"{_PKG}.transfer:TransferRequest",
         models=f"{_PKG}.transfer:model_lines"),
+    "exemplar": EngineInfo(
+        name="exemplar", title="Example-based transfer",
+        summary="a real patch's own pixels on new nuclei or tissue masks, on the CPU in seconds (no model)",
+        engine=f"{_PKG}.exemplar:ExemplarEngine", request=f"{_PKG}.exemplar:ExemplarRequest",
+        models=f"{_PKG}.exemplar:model_lines"),
 }
 
 
