@@ -9,6 +9,7 @@ as real weights. Its images are 64 px (latent 8x8), so the paper's swap resoluti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 import numpy as np
@@ -30,8 +31,9 @@ from napari_histogen.core.transfer.render import augment, class_colours, render_
 from napari_histogen.core.transfer.settings import SwapRange, TransferSettings  # noqa: E402
 from napari_histogen.core.transfer.tiny import save_tiny_stable_diffusion, sd15_scheduler_config  # noqa: E402
 
-# a short chain: 16 steps run (0..15); swap at 4x4 tokens for 2-8, at 8x8 for 3-12; structure
-# keys/values at 5 and 10; AdaIN 4-15
+# a short chain: 16 steps run (0..15); swap ranges in the reference's lagged step counter: at 4x4
+# tokens for counter 2-8 (steps 3-9), at 8x8 for counter 3-12 (steps 4-13); structure keys/values
+# at counter 5 and 10 (steps 6 and 11); AdaIN after steps 4-15
 FAST = dict(steps=20, skip_steps=4, swap_ranges=(SwapRange(32, 2, 9), SwapRange(64, 3, 13)), structure_kv_every=5,
             structure_kv_until=12, adain_start=4, adain_end=16)
 
@@ -82,8 +84,11 @@ def test_defaults_are_the_papers():
     assert s.contrast == 1.67
     assert s.swap_guidance(0) == 3.5 and s.swap_guidance(67) == pytest.approx(1.75)
     assert s.swap_guidance(33) == pytest.approx(3.5 - 1.75 * 33 / 67)  # linear
-    assert (s.inversion, s.inversion_guidance) == ("edit_friendly", 3.5)
-    assert [s.structure_step(k) for k in (10, 15, 35, 40, 11)] == [True, True, True, False, False]
+    assert (s.inversion, s.inversion_guidance, s.inversion_guidance_used) == ("edit_friendly", 3.5, 3.5)
+    assert TransferSettings(inversion="ddim").inversion_guidance_used == 1.0  # DDIM must round-trip
+    assert s.freeu and s.render == "mean"
+    # the reference's counter lags one step: structure keys/values at steps 11, 16, ..., 36
+    assert [s.structure_step(k) for k in (11, 16, 36, 41, 12, 10)] == [True, True, True, False, False, False]
     sched = make_schedule(sd15_scheduler_config(), 100, 32)
     assert sched.chain_timesteps[0] == 991 and sched.chain_timesteps[-1] == 1 and len(sched.chain_timesteps) == 100
     assert sched.timesteps[0] == 671 and len(sched) == 68
@@ -189,12 +194,15 @@ def _plain_denoise(parts, inv, settings):
     """Inversion then denoising with diffusers' own DDIMScheduler.step: the reference for 'no swap, no AdaIN'."""
     from diffusers import DDIMScheduler
 
+    from napari_histogen.core.transfer.freeu import FreeUHooks
+
     sched = DDIMScheduler.from_config(parts.scheduler_config)
     sched.set_timesteps(settings.steps)
     cond = parts.encode_prompt(settings.prompt)
     x = inv.x_start.clone()
     eta = 1.0 if inv.kind == "edit_friendly" else 0.0
-    with torch.inference_mode():
+    hooks = FreeUHooks(parts.unet) if settings.freeu else contextlib.nullcontext()
+    with torch.inference_mode(), hooks:
         for k, t in enumerate(sched.timesteps[settings.skip_steps:]):
             eps = parts.unet(x, t, encoder_hidden_states=cond).sample
             x = sched.step(eps, t, x, eta=eta, variance_noise=None if inv.zs is None else inv.zs[:, k]).prev_sample
@@ -249,12 +257,12 @@ def test_swapped_layers_and_steps_are_exactly_the_configured_ones(engine, parts,
     s = _fast()
     record = TransferRecord(keep_tensors=False)
     engine.run(_request(image, target, source_mask, settings=s), record=record)
-    sides = {4: (2, 9), 8: (3, 13)}
+    steps = {4: range(3, 10), 8: range(4, 14)}  # counter ranges (2, 9) and (3, 13), read one step late
     layers = swap_layer_names(parts.unet)
     assert layers and all(name.startswith("up_blocks.") and ".attn1." in name for name in layers)
     side_of = {name: 4 if name.startswith("up_blocks.0.") else 8 for name in layers}
-    expected = {(k, name, "struct" if k in (5, 10) else "app")
-                for name in layers for k in range(*sides[side_of[name]])}
+    expected = {(k, name, "struct" if k in (6, 11) else "app")
+                for name in layers for k in steps[side_of[name]]}
     got = {(r["step"], r["layer"], r["source"]) for r in record.swaps}
     assert got == expected
     assert len(record.swaps) == len(expected)  # once per layer and step: one UNet call per step
@@ -297,7 +305,8 @@ def test_branches_share_one_unet_call_per_step(engine, data):
     roles = record.roles
     assert len(roles) == 16  # one call per step
     assert roles[0] == (("app", 0), ("struct", 0))  # the output is still its structure
-    assert roles[5] == (("out_swap", 0), ("out_noswap", 0), ("app", 0), ("struct", 0))  # structure step
+    assert roles[2] == (("app", 0), ("struct", 0))  # no swap before step 3 (counter 2)
+    assert roles[6] == (("out_swap", 0), ("out_noswap", 0), ("app", 0), ("struct", 0))  # structure step
     assert roles[12] == (("out_swap", 0), ("out_noswap", 0), ("app", 0))  # structure no longer needed
     assert roles[15] == (("out", 0), ("app", 0))  # AdaIN still needs the appearance
 
@@ -332,7 +341,7 @@ def test_latent_masks_and_class_choice():
     target = np.array([[0, 1, 3], [1, 1, 3], [0, 5, 5]])
     source = np.array([[0, 0, 1], [1, 2, 2], [5, 9, 9]])
     classes, left = adain_mod.adain_classes(target, source)
-    assert classes == [0, 1] and left == {"not_in_source": [3], "too_small": [5]}
+    assert classes == [1, 0] and left == {"not_in_source": [3], "too_small": [5]}  # foreground first
     assert adain_mod.adain_classes(target, source, include_unlabelled=False)[0] == [1]
     assert [adain_mod.class_for_step([0, 1, 2], k) for k in range(5)] == [0, 1, 2, 0, 1]
 
@@ -343,7 +352,7 @@ def test_masked_adain_gives_each_class_the_source_statistics_in_turn(engine, dat
     target[40:60, 4:20] = 7  # a class the source lacks: reported, never applied
     record = TransferRecord()
     results = engine.run(_request(image, target, source_mask, augment=False, settings=_fast()), record=record)
-    classes = [0, 1, 2]
+    classes = [1, 2, 0]  # the paper's order: foreground (labelled classes) first, unlabelled last
     assert [(e["step"], e["class"]) for e in record.adain] == [(k, classes[k % 3]) for k in range(4, 16)]
     for entry in record.adain:
         out_mean, out_std = _stats(entry["out"], entry["target_mask"])
@@ -583,14 +592,15 @@ def test_step_callbacks_run_after_every_step(parts, data):
     inv = runner.invert(runner.encode(image), [0])
     runner.transfer(inv, inv)
     assert [k for k, _, _ in seen] == list(range(16))
-    assert [no_app for k, _, no_app in seen] == [k > 12 for k in range(16)]  # appearance dropped after its last swap
+    assert [no_app for k, _, no_app in seen] == [k > 13 for k in range(16)]  # appearance dropped after its last swap
 
 
 # the pixels of a fixed request on the tiny model (seeded weights), recorded on CPU; a change
 # that alters the output fails here on purpose (update the slice when that is intended)
-PINNED_SLICE = [[[110, 170, 134], [148, 146, 74], [158, 138, 34]],
-                [[157, 173, 149], [140, 121, 75], [156, 107, 23]],
-                [[121, 180, 127], [122, 125, 71], [137, 97, 6]]]
+# (re-recorded for issue 19: FreeU, the reference's lagged swap counter, the paper's AdaIN class order)
+PINNED_SLICE = [[[133, 164, 119], [139, 139, 112], [126, 103, 91]],
+                [[115, 173, 142], [103, 130, 133], [117, 86, 111]],
+                [[102, 172, 137], [86, 128, 134], [105, 104, 116]]]
 
 
 def test_pinned_output_slice(engine, data):
