@@ -25,7 +25,7 @@ from .cli_common import (
     seed_int,
 )
 
-__all__ = ["add_transfer_parser", "add_models_fetch", "cmd_synthesize_transfer", "cmd_models_fetch",
+__all__ = ["add_transfer_parser", "add_models_fetch", "cmd_synthesize_transfer", "cmd_transfer_example", "cmd_models_fetch",
            "sd_model_lines"]
 
 
@@ -43,6 +43,8 @@ def _settings_from_args(args):
 
 def cmd_synthesize_transfer(args) -> int:
     """Appearance transfer for one source + target mask, or for a dataset folder."""
+    if getattr(args, "method", "sd") == "example":
+        return cmd_transfer_example(args)
     from .core.engines.transfer import TransferEngine, TransferRequest
     from .core.errors import HistogenInputError
     from .core.io.pairs import read_rgb_image
@@ -101,13 +103,85 @@ def cmd_synthesize_transfer(args) -> int:
     return report_batch(report, args.out, "source(s)")
 
 
+def _read_example_mask(path, kind: str, scheme, name: str):
+    """A nuclei mask (any annotated format) or a tissue mask (class ids) for the example-based method."""
+    from .core.errors import HistogenInputError
+    from .core.io.tissue import read_tissue_mask
+
+    if kind == "tissue":
+        return read_tissue_mask(path, name=name, scheme=scheme)
+    from .core.io.dispatch import read_annotated
+
+    nuclei = read_annotated(path, scheme=scheme).nuclei
+    if nuclei is None:
+        raise HistogenInputError(f"{path}: no nuclei mask in this file (use --mask-kind tissue for class-id masks).")
+    return nuclei
+
+
+def cmd_transfer_example(args) -> int:
+    """Example-based transfer (``--method example``): one source + its mask + a target mask, on the CPU."""
+    from .core.engines.exemplar import ExemplarEngine, ExemplarRequest
+    from .core.errors import HistogenInputError
+    from .core.exemplar import ExemplarSettings
+    from .core.io.pairs import read_rgb_image
+    from .core.io.tissue import write_transfer_result
+    from .core.masks import NucleiMask
+
+    if args.dataset:
+        raise HistogenInputError("--method example takes one source (--source, --source-mask, --target-mask); "
+                                 "dataset folders run with the Stable Diffusion method only.")
+    if args.source is None or args.source_mask is None or args.target_mask is None:
+        raise HistogenInputError("--method example needs --source IMG, --source-mask M (its nuclei or tissue mask) "
+                                 "and --target-mask M2.")
+    if args.model:
+        raise HistogenInputError("--method example uses no model; leave out --model.")
+    scheme = scheme_or_none(args.scheme)
+    source_mask = _read_example_mask(args.source_mask, args.mask_kind, scheme, "source mask")
+    target = _read_example_mask(args.target_mask, args.mask_kind, scheme, "target mask")
+    if args.mask_kind == "tissue":
+        scheme = scheme or source_mask.scheme or target.scheme
+        target.scheme, target.name = scheme, str(args.target_mask)
+        source_mask.scheme = scheme
+    settings = ExemplarSettings(patch_px=args.patch_px, overlap_px=args.overlap_px, candidates=args.candidates,
+                                nucleus_choices=args.nucleus_choices).check()
+    nuclei = isinstance(source_mask, NucleiMask)
+    request = ExemplarRequest(source_image=read_rgb_image(args.source, name="source image"), target_masks=[target],
+                              source_nuclei=source_mask if nuclei else None,
+                              source_tissue=None if nuclei else source_mask, n_outputs=args.n, seed=args.seed,
+                              settings=settings, source_name=str(args.source))
+    request.check()
+    engine = ExemplarEngine(device="cpu")
+    bar = ProgressBar("transfer", "step")
+    try:
+        results = engine.run(request, progress=bar)
+    finally:
+        bar.close()
+    stem = Path(args.source).stem
+    for k, result in enumerate(results):
+        mask = result.mask
+        if isinstance(mask, NucleiMask):  # the PNG holds class ids (the type map); the instances are the target's
+            labels, mask_scheme = mask.type_map(), mask.scheme
+        else:
+            labels, mask_scheme = mask.labels, mask.scheme
+        write_transfer_result(args.out, f"{stem}_example_s{args.seed + k}", result.image, labels, result.provenance,
+                              source=request.source_image, scheme=mask_scheme)
+    for note in dict.fromkeys(n for r in results for n in r.notes):
+        eprint(f"note: {note}")
+    seconds = results[0].provenance["parameters"]["seconds_total"] / len(results)
+    print(f"Wrote {len(results)} image + mask pair(s) to {args.out} ({seconds:.1f} s per image, example-based).")
+    return 0
+
+
 def add_transfer_parser(engines) -> None:
     """Add ``transfer`` to the engines of ``histogen synthesize``."""
     from .core.engines.transfer import TransferRequest
     from .core.transfer.settings import ADAIN_MODES, INVERSIONS, RENDER_MODES, TransferSettings
 
+    from .core.exemplar import ExemplarSettings
+
     d = defaults_of(TransferRequest)
     st = defaults_of(TransferSettings)
+    ed = defaults_of(ExemplarSettings)
     swaps = {r.tokens: [r.start, r.end] for r in st["swap_ranges"]}
 
     p = engines.add_parser(
@@ -119,6 +193,10 @@ def add_transfer_parser(engines) -> None:
                     "target masks are other pairs' masks (or --targets). Writes <name>.png, <name>_mask.png (class "
                     "ids), <name>_side_by_side.png and <name>.json (provenance) to --out. Needs Stable Diffusion 1.5 "
                     "weights on this machine (see `histogen models fetch`).")
+    p.add_argument("--method", default="sd", choices=("sd", "example"),
+                   help="sd: cross-image attention on Stable Diffusion (GPU advised); example: example-based, the "
+                        "source's own pixels quilted by class and its nuclei copied by class and shape (CPU, seconds, "
+                        "no model; one source only)")
     src = p.add_argument_group("one source")
     src.add_argument("--source", default=None, help="appearance image (PNG/JPEG/TIFF)")
     src.add_argument("--source-mask", default=None, help="its tissue mask (class ids: .png/.tif/.npy/.npz/.ome.tif)")
@@ -159,6 +237,15 @@ def add_transfer_parser(engines) -> None:
     p.add_argument("--size", type=positive_int, default=st["size"], help="working size in px (default: the model's, 512)")
     p.add_argument("--batch-targets", type=nonneg_int, default=st["batch_targets"], help="targets denoised together (0 = 4 on CUDA, 1 on CPU)")
     p.add_argument("--scheme", default=None, help="class scheme of the masks (names, colours), e.g. tissue")
+    ex = p.add_argument_group("example-based method (--method example)")
+    ex.add_argument("--mask-kind", default="tissue", choices=("tissue", "nuclei"),
+                    help="tissue: class-id masks (.png/.tif/.npy); nuclei: nuclei masks (.npz/.ome.tif/.mat/.geojson)")
+    ex.add_argument("--patch-px", type=positive_int, default=ed["patch_px"], help="side of the quilted blocks")
+    ex.add_argument("--overlap-px", type=positive_int, default=ed["overlap_px"], help="overlap of the blocks")
+    ex.add_argument("--candidates", type=positive_int, default=ed["candidates"],
+                    help="random source blocks compared per block")
+    ex.add_argument("--nucleus-choices", type=positive_int, default=ed["nucleus_choices"],
+                    help="a target nucleus takes one of this many closest-shaped source nuclei")
     add_device_options(p)
     p.set_defaults(func=cmd_synthesize_transfer)
 
