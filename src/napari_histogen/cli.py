@@ -211,7 +211,9 @@ def add_synthesize_parser(sub) -> None:
     from .cli_transfer import add_transfer_parser
     from .core.engines.base import ENGINES
 
-    adders = {"nasdm": add_nasdm_parser, "transfer": add_transfer_parser}
+    from .cli_cosyn import add_cosyn_parser
+
+    adders = {"nasdm": add_nasdm_parser, "transfer": add_transfer_parser, "cosyn": add_cosyn_parser}
     synth = sub.add_parser("synthesize", help=f"synthesize images for masks ({', '.join(n for n in ENGINES if n in adders)})")
     engines = synth.add_subparsers(dest="engine", metavar="ENGINE", required=True)
     for name in ENGINES:

@@ -188,6 +188,10 @@ ENGINES: dict[str, EngineInfo] = {
         summary="a real patch's own pixels on new nuclei or tissue masks, on the CPU in seconds (no model)",
         engine=f"{_PKG}.exemplar:ExemplarEngine", request=f"{_PKG}.exemplar:ExemplarRequest",
         models=f"{_PKG}.exemplar:model_lines"),
+    "cosyn": EngineInfo(
+        name="cosyn", title="Co-synthesis",
+        summary="H&E patch + typed nuclei mask + distance map generated together from a point layout",
+        engine=f"{_PKG}.cosyn:CosynEngine", request=f"{_PKG}.cosyn:CosynRequest", models=f"{_PKG}.cosyn:model_lines"),
 }
 
 
