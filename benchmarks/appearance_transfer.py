@@ -118,7 +118,8 @@ def compare_inversions(parts, device, settings, size):
     image, _, _ = inputs(size)
     rows = []
     for inversion in ("edit_friendly", "ddim"):
-        for guidance in (settings.inversion_guidance, 1.0):
+        for guidance in (settings.inversion_guidance, 1.0) if inversion == "edit_friendly" else (1.0,):
+            # DDIM inversion always runs at guidance 1 (issue 19: only then does it round-trip)
             s = TransferSettings(**{**settings.to_dict(), "swap_ranges": settings.swap_ranges, "inversion": inversion,
                                     "inversion_guidance": guidance, "swap": False, "adain": "off"})
             runner = TransferRunner(parts, s, record=TransferRecord(keep_tensors=False))
