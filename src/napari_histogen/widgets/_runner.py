@@ -355,8 +355,11 @@ class EngineDock(BackgroundRunMixin, QWidget):
         self.status.setText("Settings restored to their defaults.")
 
     # -- running ----------------------------------------------------------------------------
-    def _start_run(self, request, *, model, device: str, context, status: str):
-        """Run ``engine.run(request)`` in a worker (the engine loaded once, from the cache, in the worker)."""
+    def _start_run(self, request, *, model, device: str, context, status: str, engine: str | None = None):
+        """Run ``engine.run(request)`` in a worker (the engine loaded once, from the cache, in the worker).
+
+        ``engine``: a registry name other than the dock's :attr:`ENGINE` (a dock offering two methods).
+        """
         from napari.qt.threading import create_worker
 
         if self.running:
@@ -364,17 +367,17 @@ class EngineDock(BackgroundRunMixin, QWidget):
         request.check()
         self.save_settings()
         self._cancel = token = CancelToken()
-        relay, cache, name = self._relay, self.engines, self.ENGINE
-        announce = bool(self.LOADING_TEXT) and not cache.has(name, model, device=device)
+        relay, cache, name = self._relay, self.engines, engine or self.ENGINE
+        announce = bool(self.LOADING_TEXT) and name == self.ENGINE and not cache.has(name, model, device=device)
 
         def work():
             # outcomes come back as values, never as worker errors (napari 0.9's errored hook raises)
             try:
                 if announce:
                     relay.progress.emit(0, 0)  # busy bar while the model loads (first run only)
-                engine = cache.get(name, model, device=device)
+                loaded = cache.get(name, model, device=device)
                 with gui_friendly_threads():
-                    return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
+                    return "done", loaded.run(request, progress=relay.progress.emit, cancel=token)
             except Cancelled:
                 return "cancelled", None
             except BaseException as err:  # noqa: BLE001 - reported in the GUI thread

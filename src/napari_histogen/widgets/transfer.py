@@ -26,13 +26,14 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QSpinBox,
+    QWidget,
 )
 
 from .. import _layers
 from ..core.engines.base import request_defaults
 from ..core.engines.transfer import TransferRequest
 from ..core.errors import HistogenInputError
-from ..core.masks import match_classes
+from ..core.masks import NucleiMask, match_classes
 from ..core.transfer.settings import RENDER_MODES, TransferSettings
 from ._guard import guarded, notify_error, notify_info  # noqa: F401 - notify_error: tests patch it here
 from ._results import GAP_PX, anchor_units
@@ -44,6 +45,9 @@ AUTO_ADAIN = "auto"
 ADAIN_CHOICES = {"auto (per class with a mask)": AUTO_ADAIN, "per class (paper)": "masked",
                  "global (baseline)": "global", "off": "off"}
 INVERSION_CHOICES = {"edit-friendly DDPM": "edit_friendly", "DDIM": "ddim"}
+#: the dock's two methods: label -> value (the registry engine is "transfer" or "exemplar")
+METHOD_CHOICES = {"cross-image attention (Stable Diffusion)": "sd", "example-based (CPU)": "example"}
+NO_MASK_EXAMPLE = "(none)"
 
 
 def _describe_model(spec) -> str:
@@ -85,13 +89,25 @@ class TransferWidget(EngineDock):
 
         layout = self._begin_layout()
         form = QFormLayout()
-        expert = QFormLayout()
+        # the Stable Diffusion method's own settings live in widgets hidden for the example-based method
+        self.sd_expert = QWidget()
+        expert = QFormLayout(self.sd_expert)
+        expert.setContentsMargins(0, 0, 0, 0)
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(list(METHOD_CHOICES))
+        self.method_combo.setToolTip("Cross-image attention: Stable Diffusion re-paints the target in the source's "
+                                     "look (a GPU advised; needs the model). Example-based: the target is built from "
+                                     "the source's own pixels, regions quilted by class and nuclei copied by class "
+                                     "and shape (CPU, seconds, no model; tissue or nuclei masks).")
+        self.method_combo.currentIndexChanged.connect(lambda _i: self._on_method_changed())
+        form.addRow("method", self.method_combo)
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The real patch whose stain, scanner and tissue look the outputs take")
         self.image_combo.currentIndexChanged.connect(lambda _i: self._guess_source_mask())
         form.addRow("appearance image", self.image_combo)
         self.source_mask_combo = QComboBox()
         self.source_mask_combo.setToolTip("The appearance image's own tissue mask (classes matched to the target's by id)")
+        self.source_mask_combo.currentIndexChanged.connect(lambda _i: self._update_classes())
         form.addRow("its mask", self.source_mask_combo)
         self.target_combo = QComboBox()
         self.target_combo.setToolTip("The mask the new images follow pixel for pixel (any class scheme)")
@@ -106,8 +122,12 @@ class TransferWidget(EngineDock):
         self.model_edit.setToolTip("A model folder, a name in the model cache, or a hub id already in the local "
                                    "Hugging Face cache. Nothing is downloaded.")
         self.model_edit.editingFinished.connect(lambda: self._update_model_info())
-        self._add_model_row(form, self.model_edit, "Folder…",
+        self.sd_model_box = QWidget()
+        model_form = QFormLayout(self.sd_model_box)
+        model_form.setContentsMargins(0, 0, 0, 0)
+        self._add_model_row(model_form, self.model_edit, "Folder…",
                             "Choose a Stable Diffusion folder (from `histogen models fetch`)")
+        form.addRow(self.sd_model_box)
 
         self.outputs_spin = QSpinBox()
         self.outputs_spin.setRange(1, 64)
@@ -170,12 +190,14 @@ class TransferWidget(EngineDock):
         self.device_combo = self._device_combo()
         expert.addRow("device", self.device_combo)
         layout.addLayout(form)
-        self.advanced.body.addLayout(expert)
+        self.advanced.body.addWidget(self.sd_expert)
+        self._build_example_settings()
+        self.advanced.body.addWidget(self.example_expert)
 
         self._add_run_controls(layout, "Generate")
         self._add_status(layout)
 
-        self._refresh_layers()
+        self._on_method_changed()
         self._update_model_info(background=True)  # the first look-up imports huggingface_hub: not on the GUI thread
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda _e: self._refresh_layers())
@@ -186,7 +208,45 @@ class TransferWidget(EngineDock):
                 "augment": self.augment_check, "steps": self.steps_spin, "skip": self.skip_spin,
                 "contrast": self.contrast_spin, "swap_guidance": self.guidance_spin, "adain": self.adain_combo,
                 "inversion": self.inversion_combo, "freeu": self.freeu_check, "render": self.render_combo,
-                "device": self.device_combo}
+                "device": self.device_combo, "method": self.method_combo, "patch_px": self.patch_spin,
+                "candidates": self.candidates_spin, "nucleus_choices": self.choices_spin}
+
+    def _build_example_settings(self) -> None:
+        """The example-based method's settings (shown instead of the Stable Diffusion ones)."""
+        from ..core.exemplar import ExemplarSettings
+
+        ex = ExemplarSettings()
+        self.example_expert = QWidget()
+        form = QFormLayout(self.example_expert)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.patch_spin = QSpinBox()
+        self.patch_spin.setRange(8, 256)
+        self.patch_spin.setValue(ex.patch_px)
+        self.patch_spin.setToolTip("Side of the quilted source blocks in px (overlap: a quarter of it)")
+        form.addRow("patch px", self.patch_spin)
+        self.candidates_spin = QSpinBox()
+        self.candidates_spin.setRange(1, 10000)
+        self.candidates_spin.setValue(ex.candidates)
+        self.candidates_spin.setToolTip("Random source blocks compared per block (more: better seams, slower)")
+        form.addRow("candidates", self.candidates_spin)
+        self.choices_spin = QSpinBox()
+        self.choices_spin.setRange(1, 1000)
+        self.choices_spin.setValue(ex.nucleus_choices)
+        self.choices_spin.setToolTip("A target nucleus takes one of this many closest-shaped source nuclei of its class")
+        form.addRow("nucleus choices", self.choices_spin)
+
+    @property
+    def method(self) -> str:
+        """"sd" (cross-image attention on Stable Diffusion) or "example" (example-based, CPU)."""
+        return METHOD_CHOICES[self.method_combo.currentText()]
+
+    def _on_method_changed(self) -> None:
+        """Show the chosen method's settings only; the example-based method also takes nuclei masks."""
+        example = self.method == "example"
+        self.sd_expert.setVisible(not example)
+        self.sd_model_box.setVisible(not example)
+        self.example_expert.setVisible(example)
+        self._refresh_layers()
 
     # -- choices ------------------------------------------------------------------------
     def _image_layers(self):
@@ -194,8 +254,9 @@ class TransferWidget(EngineDock):
                 and not layer.metadata.get("histogen_transfer_result")]
 
     def _mask_layers(self):
+        kinds = (None, "tissue", "nuclei") if self.method == "example" else (None, "tissue")
         return [layer for layer in self.viewer.layers if layer.__class__.__name__ == "Labels"
-                and _layers.layer_kind(layer) in (None, "tissue") and not layer.metadata.get("histogen_outline")]
+                and _layers.layer_kind(layer) in kinds and not layer.metadata.get("histogen_outline")]
 
     def _refresh_layers(self) -> None:
         keep = (self.image_combo.currentText(), self.source_mask_combo.currentText(), self.target_combo.currentText())
@@ -204,13 +265,13 @@ class TransferWidget(EngineDock):
             combo.clear()
         self.image_combo.addItems([layer.name for layer in self._image_layers()])
         masks = [layer.name for layer in self._mask_layers()]
-        self.source_mask_combo.addItems([NO_MASK] + masks)
+        self.source_mask_combo.addItems([NO_MASK if self.method == "sd" else NO_MASK_EXAMPLE] + masks)
         self.target_combo.addItems(masks)
         for combo, name in zip((self.image_combo, self.source_mask_combo, self.target_combo), keep):
             if name and combo.findText(name) >= 0:
                 combo.setCurrentText(name)
             combo.blockSignals(False)
-        if not keep[1] or keep[1] == NO_MASK:
+        if not keep[1] or keep[1] in (NO_MASK, NO_MASK_EXAMPLE) or self.source_mask_combo.findText(keep[1]) < 0:
             self._guess_source_mask()
         if not keep[2] and len(masks) > 1:  # a fresh target: prefer a mask that is not the source's
             others = [m for m in masks if m != self.source_mask_combo.currentText()]
@@ -236,6 +297,9 @@ class TransferWidget(EngineDock):
         except HistogenInputError:
             self.classes_info.setText("")
             return
+        if self.method == "example":
+            self.classes_info.setText(self._example_classes_text(source, target))
+            return
         target_mask = _layers.tissue_mask_from_layer(target)
         t_ids = [c for c in target_mask.class_ids if c]
         if source is None:
@@ -252,6 +316,37 @@ class TransferWidget(EngineDock):
         if missing:
             text += f"; not in the source mask: {', '.join(name(c) for c in missing)}"
         self.classes_info.setText(text)
+
+    def _example_mask(self, layer, scheme=None):
+        """A layer as the example-based method reads it: a NucleiMask (nuclei layers) or a TissueMask."""
+        if _layers.layer_kind(layer) == "nuclei":
+            return _layers.nuclei_mask_from_layer(layer, scheme=scheme)
+        return _layers.tissue_mask_from_layer(layer, scheme=scheme)
+
+    def _example_classes_text(self, source, target) -> str:
+        from ..core.exemplar import missing_classes
+
+        try:
+            target_mask = self._example_mask(target)
+            source_mask = None if source is None else self._example_mask(source)
+        except HistogenInputError as err:
+            return str(err)
+        nuclei = isinstance(target_mask, NucleiMask)
+        if source_mask is None or isinstance(source_mask, NucleiMask) != nuclei:
+            return f"a {'nuclei' if nuclei else 'tissue'} target: choose the appearance image's " \
+                   f"{'nuclei' if nuclei else 'tissue'} mask as its mask"
+        matched, missing = missing_classes(target_mask, source_mask if nuclei else None,
+                                           None if nuclei else source_mask)
+        scheme = target_mask.scheme
+
+        def name(c):
+            return f"{c} {scheme.name_of(c)}" if scheme is not None and c in scheme else str(c)
+
+        text = f"{'nucleus' if nuclei else 'region'} classes {', '.join(name(c) for c in matched) or 'none'} matched"
+        if missing:
+            text += f"; not in the source mask (copied from {'other classes' if nuclei else 'the whole source'}): " \
+                    f"{', '.join(name(c) for c in missing)}"
+        return text
 
     def set_model(self, spec) -> None:
         """Use the Stable Diffusion model ``spec`` (a folder, a cached name or a hub id)."""
@@ -299,7 +394,8 @@ class TransferWidget(EngineDock):
 
     def _source_mask_layer(self):
         name = self.source_mask_combo.currentText()
-        return None if not name or name == NO_MASK else self._layer(self.source_mask_combo, "source mask")
+        return None if not name or name in (NO_MASK, NO_MASK_EXAMPLE) else self._layer(self.source_mask_combo,
+                                                                                          "source mask")
 
     def settings(self) -> TransferSettings:
         """The transfer settings the dock's controls describe (AdaIN "auto" resolved by the chosen masks)."""
@@ -313,9 +409,45 @@ class TransferWidget(EngineDock):
                                 inversion=INVERSION_CHOICES[self.inversion_combo.currentText()],
                                 freeu=self.freeu_check.isChecked(), render=self.render_combo.currentText()).check()
 
-    def request(self) -> TransferRequest:
+    def example_request(self):
+        """The example-based request the dock's layers and controls describe."""
+        from ..core.engines.exemplar import ExemplarRequest
+        from ..core.exemplar import ExemplarSettings
+        from ..core.images import to_rgb_uint8
+
+        image_layer = self._layer(self.image_combo, "appearance image")
+        target_layer = self._target_layer()
+        source_layer = self._source_mask_layer()
+        if source_layer is None:
+            raise HistogenInputError("Example-based transfer copies the appearance image's regions or nuclei: "
+                                     "choose its tissue or nuclei mask under 'its mask'.")
+        if np.asarray(image_layer.data).ndim != 3:
+            raise HistogenInputError(f"'{image_layer.name}' is not a single RGB image (multiscale or stacks are not "
+                                     "supported; crop a patch first).")
+        scheme = _layers.layer_scheme(target_layer) or _layers.layer_scheme(source_layer)
+        target = self._example_mask(target_layer, scheme=scheme if _layers.layer_kind(target_layer) != "nuclei" else None)
+        source = self._example_mask(source_layer, scheme=scheme if _layers.layer_kind(source_layer) != "nuclei" else None)
+        if isinstance(target, NucleiMask) != isinstance(source, NucleiMask):
+            kind = "nuclei" if isinstance(target, NucleiMask) else "tissue"
+            raise HistogenInputError(f"The target is a {kind} mask: choose the appearance image's {kind} mask under "
+                                     "'its mask'.")
+        patch = int(self.patch_spin.value())
+        settings = ExemplarSettings(patch_px=patch, overlap_px=max(1, patch // 4),
+                                    candidates=int(self.candidates_spin.value()),
+                                    nucleus_choices=int(self.choices_spin.value())).check()
+        nuclei = isinstance(source, NucleiMask)
+        return ExemplarRequest(
+            source_image=to_rgb_uint8(np.asarray(image_layer.data), name=f"image '{image_layer.name}'"),
+            source_nuclei=source if nuclei else None, source_tissue=None if nuclei else source,
+            target_masks=[target], n_outputs=self.outputs_spin.value(), seed=self.seed_spin.value(),
+            settings=settings, source_mpp=_layers.layer_mpp(image_layer), source_name=image_layer.name)
+
+    def request(self):
         """The request the dock's layers and controls describe (inputs converted once, here)."""
         from ..core.images import to_rgb_uint8
+
+        if self.method == "example":
+            return self.example_request()
 
         image_layer = self._layer(self.image_combo, "appearance image")
         target_layer = self._target_layer()
@@ -342,6 +474,10 @@ class TransferWidget(EngineDock):
         target_layer = self._target_layer()
         request = self.request()
         context = (image_layer, target_layer, request.scheme)
+        if self.method == "example":
+            return self._start_run(request, model=None, device="cpu", engine="exemplar", context=context,
+                                   status=f"Making {request.n_outputs} image(s) from '{image_layer.name}' on "
+                                          f"'{target_layer.name}' (example-based)…")
         return self._start_run(request, model=self.model_edit.text().strip() or None,
                                device=self.device_combo.currentText(), context=context,
                                status=f"Making {request.n_outputs} image(s) like '{image_layer.name}' on "
@@ -374,7 +510,8 @@ class TransferWidget(EngineDock):
         items = []
         for k, result in enumerate(results):
             seed = result.provenance["parameters"]["seed"]
-            name = f"Transfer s{seed} of {target_layer.name}"
+            kind = "Example" if result.provenance["parameters"].get("engine") == "exemplar" else "Transfer"
+            name = f"{kind} s{seed} of {target_layer.name}"
             offset = origin + np.array([0.0, first_col + k * col_w])
             data, kwargs, _ = _layers.image_layer_data(result.image, name, mpp=mpp, provenance=result.provenance)
             kwargs.update(scale=(mpp, mpp), translate=offset)
@@ -382,6 +519,17 @@ class TransferWidget(EngineDock):
                 kwargs["units"] = units
             kwargs["metadata"]["histogen_transfer_result"] = True
             items.append((data, self.results.tag(kwargs, target_layer.name, row), "image", self.result_layers.append))
+            if isinstance(result.mask, NucleiMask):  # example-based on a nuclei mask
+                mdata, mkwargs, _ = _layers.nuclei_layer_data(result.mask, f"{name} mask", provenance=result.provenance)
+                mkwargs["opacity"] = 0.8
+                mkwargs["metadata"]["histogen_outline"] = True  # a result: not offered as an input mask
+                mkwargs["scale"] = (mpp, mpp)
+                mkwargs["translate"] = offset + np.array([cell_h, 0.0])
+                if units is not None:
+                    mkwargs["units"] = units
+                items.append((mdata, self.results.tag(mkwargs, target_layer.name, row + 1), "labels",
+                              self.result_layers.append))
+                continue
             labels = result.mask.labels
             ids = [c for c in result.mask.class_ids if c]
             if scheme is not None and all(i in scheme for i in ids):
