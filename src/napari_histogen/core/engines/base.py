@@ -188,6 +188,11 @@ ENGINES: dict[str, EngineInfo] = {
         summary="a real patch's own pixels on new nuclei or tissue masks, on the CPU in seconds (no model)",
         engine=f"{_PKG}.exemplar:ExemplarEngine", request=f"{_PKG}.exemplar:ExemplarRequest",
         models=f"{_PKG}.exemplar:model_lines"),
+    "maskgen": EngineInfo(
+        name="maskgen", title="Mask generation (NASDM++)",
+        summary="nuclei masks from the nucleus types wanted (a diffusion model over masks)",
+        engine=f"{_PKG}.maskgen:MaskGenEngine", request=f"{_PKG}.maskgen:MaskGenRequest",
+        models=f"{_PKG}.maskgen:model_lines"),
     "cosyn": EngineInfo(
         name="cosyn", title="Co-synthesis",
         summary="H&E patch + typed nuclei mask + distance map generated together from a point layout",

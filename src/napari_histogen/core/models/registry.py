@@ -19,7 +19,8 @@ from ..errors import HistogenInputError
 from ..schemes import histogen_home
 
 __all__ = ["DEFAULT_NASDM", "EMBEDDED_NASDM", "embedded_nasdm_dir", "model_cache_dir", "resolve_nasdm",
-           "list_nasdm_models", "embedded_sha256"]
+           "list_nasdm_models", "embedded_sha256", "EMBEDDED_MASKGEN", "embedded_maskgen_dir", "resolve_maskgen",
+           "list_maskgen_models", "embedded_maskgen_sha256"]
 
 DEFAULT_NASDM = "default"
 #: names of the NASDM models shipped inside the package -> their folder under napari_histogen/models
@@ -85,6 +86,64 @@ def list_nasdm_models() -> dict[str, Path]:
         if any(embedded_nasdm_dir(name).glob("*.safetensors")):
             out[name] = embedded_nasdm_dir(name)
     cache = model_cache_dir()
+    if cache.is_dir():
+        for sub in sorted(cache.iterdir()):
+            if sub.is_dir() and any(sub.glob("*.safetensors")):
+                out[sub.name] = sub
+    return out
+
+
+# -- mask-generation models (core.maskgen): the same three sources, their own folders --------------
+#: names of the mask-generation models shipped inside the package -> their folder under napari_histogen/models
+EMBEDDED_MASKGEN = {"default": "maskgen_default"}
+
+
+def embedded_maskgen_dir(name: str = "default") -> Path:
+    """Folder of an embedded mask-generation model (may be absent)."""
+    return Path(__file__).resolve().parents[2] / "models" / EMBEDDED_MASKGEN[name]
+
+
+def embedded_maskgen_sha256(spec) -> str | None:
+    """The sha256 the package records for embedded mask-generation model ``spec`` (None when it is not one)."""
+    import json
+
+    text = str(spec).strip() if spec not in (None, "") else "default"
+    if text not in EMBEDDED_MASKGEN:
+        return None
+    record = embedded_maskgen_dir(text) / "SHA256.json"
+    return json.loads(record.read_text()).get("sha256") if record.is_file() else None
+
+
+def resolve_maskgen(spec: str | None = None) -> Path:
+    """The mask-generation model file or folder for ``spec`` (``None`` = the embedded default)."""
+    text = str(spec).strip() if spec not in (None, "") else "default"
+    if text in EMBEDDED_MASKGEN:
+        folder = embedded_maskgen_dir(text)
+        if not any(folder.glob("*.safetensors")):
+            raise HistogenInputError(
+                "This installation has no embedded mask-generation model. Give one with --mask-model: a training "
+                "run's model/ folder (histogen train maskgen ...), or a model folder copied into "
+                f"{model_cache_dir('maskgen')}/<name>/.")
+        return folder
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    cached = model_cache_dir("maskgen") / text
+    if cached.exists():
+        return cached
+    known = ", ".join(sorted(list_maskgen_models())) or "none"
+    raise HistogenInputError(
+        f"No mask-generation model '{text}': not a file or folder, and not in the cache "
+        f"{model_cache_dir('maskgen')} (models there: {known}). Give the path of a maskgen model or its folder.")
+
+
+def list_maskgen_models() -> dict[str, Path]:
+    """Named mask-generation models: the embedded one (if present) and the cache folder's entries."""
+    out = {}
+    for name in EMBEDDED_MASKGEN:
+        if any(embedded_maskgen_dir(name).glob("*.safetensors")):
+            out[name] = embedded_maskgen_dir(name)
+    cache = model_cache_dir("maskgen")
     if cache.is_dir():
         for sub in sorted(cache.iterdir()):
             if sub.is_dir() and any(sub.glob("*.safetensors")):
