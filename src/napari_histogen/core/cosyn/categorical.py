@@ -86,6 +86,6 @@ class CategoricalDiffusion:
 def sample_one_hot(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One-hot draws from categorical probabilities ``(N, K, ...)`` (Gumbel-max, seeded by ``generator``)."""
     u = torch.rand(probs.shape, generator=generator, dtype=torch.float32).to(probs.device)
-    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0)).clamp_min(1e-20))
+    gumbel = -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp_min(1e-20))
     index = (torch.log(probs.float().clamp_min(_EPS)) + gumbel).argmax(dim=1)
     return F.one_hot(index, probs.shape[1]).movedim(-1, 1).to(probs.dtype)

@@ -9,7 +9,8 @@ point keep the generated label's majority class.
 
 The request's points are in pixels at ``mpp``; when that differs from the model's scale, the
 points and the image shape are scaled to the model's µm/px and the results are at the model's
-scale (a note says so). Sides are padded to a multiple of 8 (TAEF2) and cropped back.
+scale (a note says so). Sides are padded to a multiple of 8 (TAEF2) times the UNet's downsampling
+factor and cropped back.
 """
 
 from __future__ import annotations
@@ -245,9 +246,12 @@ class CosynEngine:
         if not inside.all():
             notes.append(f"{int((~inside).sum())} point(s) outside the {w} x {h} px image were left out.")
             pts, cls = pts[inside], cls[inside]
-        ch, cw = -(-h // 8) * 8, -(-w // 8) * 8
+        net = cfg.net_config()
+        multiple = int(net.downscale) * 2 ** (len(net.channel_mult) - 1)  # TAEF2's 8 x the UNet's downsamplings
+        ch, cw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
         if (ch, cw) != (h, w):
-            notes.append(f"The {w} x {h} px canvas was padded to {cw} x {ch} (a multiple of 8) and cropped back.")
+            notes.append(f"The {w} x {h} px canvas was padded to {cw} x {ch} (a multiple of {multiple}) and "
+                         "cropped back.")
         present = sorted({int(c) for c in cls}) if request.prompt is None else [int(c) for c in request.prompt]
         prompt = prompt_vector(present, class_ids)
         pmap = point_map(pts, cls, (ch, cw), class_ids)
