@@ -6,6 +6,7 @@ Kept apart from ``annotate.py`` (the dock's behaviour) so the layout shared by e
 
 from __future__ import annotations
 
+from ._cosyn_section import add_cosyn_section
 from ._layout import make_scrollable
 from .annotate import AnnotateWidget
 
@@ -17,4 +18,5 @@ class AnnotateDock(AnnotateWidget):
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
+        add_cosyn_section(self, self.layout())  # points -> image + nuclei mask (widgets/_cosyn_section.py)
         self.scroll_area = make_scrollable(self)
