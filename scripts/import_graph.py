@@ -45,8 +45,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("core.diffusion", "core.nasdm", "core.latent", "core.transfer", "core.models", "core.metrics",
                 "core.segment", "core.maskgen", "core.cosyn", "core.exemplar")),
     ("engines", ("core.engines",)),
-    ("workflows", ("core.sample", "core.demo", "core.study", "core.downstream")),
-    ("front ends", ("cli", "cli_common", "cli_cosyn", "cli_evaluate", "cli_nasdm", "cli_study", "cli_transfer", "widgets", "_layers", "_reader", "_writer",
+    ("workflows", ("core.sample", "core.demo", "core.study", "core.downstream", "core.generate")),
+    ("front ends", ("cli", "cli_common", "cli_cosyn", "cli_evaluate", "cli_generate", "cli_nasdm", "cli_study", "cli_transfer", "widgets", "_layers", "_reader", "_writer",
                     "_sample_data")),
 ]
 #: model families that must not import each other (one tuple per family: the latent NASDM,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -171,3 +173,42 @@ def test_trainer_resumes_exactly(tmp_path):
         s = settings(tmp_path / "parts", 6)
         s.crop = 32
         train_maskgen(s, log_fn=lambda m: None)
+
+
+@pytest.mark.slow
+def test_cli_generates_masks_then_images_in_every_format(tmp_path, tiny_maskgen, capsys):
+    from conftest import save_tiny_nasdm
+
+    from napari_histogen.cli import main
+    from napari_histogen.core.io.dispatch import read_annotated
+    from napari_histogen.core.nasdm.data import build_patch_set
+
+    nasdm = save_tiny_nasdm(tmp_path / "nasdm")
+    out = tmp_path / "gen"
+    code = main(["generate", "--types", "epithelial,inflammatory", "--n", "2", "--out", str(out), "--mask-model",
+                 str(tiny_maskgen), "--image-model", str(nasdm), "--steps", "3", "--image-steps", "2", "--seed", "5"])
+    assert code == 0, capsys.readouterr()
+    assert "Wrote 2 image + mask pairs" in capsys.readouterr().out
+    for name in ("generated_s000005", "generated_s000006"):
+        for suffix in (".png", ".npz", ".ome.tif", "_side_by_side.png", ".json"):
+            assert (out / "pairs" / f"{name}{suffix}").is_file()
+        for rel in ("images/{}.png", "labels/{}.npz", "labels/{}_inst.npy", "labels/{}_inst.tif",
+                    "labels/{}_type.npy", "labels/{}_type.png"):
+            assert (out / "dataset" / rel.format(name)).is_file()
+        prov = json.loads((out / "pairs" / f"{name}.json").read_text())["parameters"]
+        assert prov["mask"]["parameters"]["types"] == ["epithelial", "inflammatory"]
+        assert prov["mask_model_sha256"] and prov["image_model_sha256"]
+        item = read_annotated(out / "pairs" / f"{name}.png")
+        inst = np.load(out / "dataset" / "labels" / f"{name}_inst.npy")
+        assert np.array_equal(item.nuclei.instances, inst) and item.nuclei.scheme.name == "consep"
+    patches = build_patch_set(out / "dataset", target_mpp=0.5, patch_size=32, min_tissue=0.0, val_fraction=0.0)
+    assert len(patches.train) == 2  # the NASDM trainer reads the dataset layout
+    # masks only, and bad input as one line
+    assert main(["generate", "--types", "spindle", "--n", "1", "--out", str(tmp_path / "m"), "--mask-model",
+                 str(tiny_maskgen), "--image-model", str(nasdm), "--steps", "2", "--masks-only"]) == 0
+    assert (tmp_path / "m" / "masks" / "generated_s000000.npz").is_file()
+    capsys.readouterr()
+    assert main(["generate", "--types", "tumour", "--out", str(tmp_path / "x"), "--mask-model",
+                 str(tiny_maskgen), "--masks-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Unknown nucleus type 'tumour'" in err and len(err.splitlines()) == 1

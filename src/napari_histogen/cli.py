@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_study import add_study_parser
 
     add_train_parser(sub)
+    from .cli_generate import add_generate_parser  # noqa: E402 - NASDM++ mask generation (issue 17)
+
+    add_generate_parser(sub)
     add_merge_parser(sub)
     add_synthesize_parser(sub)
     add_models_parser(sub)

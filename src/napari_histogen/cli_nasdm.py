@@ -196,6 +196,9 @@ def add_train_parser(sub) -> None:
                    help="pixel: data-parallel processes (one GPU each on CUDA, gloo on CPU); --batch-size is the "
                         "global batch, split evenly, and the weights are those of one process")
     p.set_defaults(func=cmd_train_nasdm)
+    from .cli_generate import add_train_maskgen_parser  # `histogen train maskgen` (issue 17)
+
+    add_train_maskgen_parser(engines)
     from .cli_cosyn import add_cosyn_train_parser
 
     add_cosyn_train_parser(engines)
