@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._cosyn_section import add_cosyn_section
 from ._layout import make_scrollable
+from ._maskgen_section import add_maskgen_section
 from .annotate import AnnotateWidget
 
 __all__ = ["AnnotateDock"]
@@ -19,4 +20,5 @@ class AnnotateDock(AnnotateWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         add_cosyn_section(self, self.layout())  # points -> image + nuclei mask (widgets/_cosyn_section.py)
+        add_maskgen_section(self, self.layout())  # nucleus types -> nuclei mask (widgets/_maskgen_section.py)
         self.scroll_area = make_scrollable(self)
