@@ -49,14 +49,14 @@ def cmd_synthesize_cosyn(args) -> int:
             for res in results:
                 stem = f"{path.stem}_s{res.seed}"
                 res.provenance["parameters"]["points_source"] = path.name
-                paths = write_synthesis_pair(out, stem, res.image, res.mask, res.provenance)
+                paths = write_synthesis_pair(out, stem, res.image, res.nuclei, res.provenance)
                 dist = res.extras["distance"]
                 np.save(out / f"{stem}_distance.npy", dist.astype(np.float32))
                 imsave(out / f"{stem}_distance.png", np.round(np.clip(dist, 0, 1) * 255).astype(np.uint8),
                        check_contrast=False)
                 for note in res.notes:
                     eprint(f"Note ({stem}): {note}")
-                eprint(f"{stem}: {paths['image']} ({res.mask.n_nuclei} nuclei from {len(points)} points)")
+                eprint(f"{stem}: {paths['image']} ({res.nuclei.n_nuclei} nuclei from {len(points)} points)")
                 written += 1
     finally:
         bar.close()

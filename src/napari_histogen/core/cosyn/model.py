@@ -166,7 +166,7 @@ class CosynNet(nn.Module):
         self.prompt_embed = nn.Sequential(nn.Linear(cfg.num_classes, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.points = PointEncoder(cfg.num_classes, cfg.point_embed, cfg.downscale, ch)
         self.input_conv = nn.Conv2d(cfg.latent_channels + d2 + d2 * k1, ch, 3, padding=1)
-        res_kw = dict(dropout=cfg.dropout, groups=cfg.groups)
+        res_kw: dict = dict(dropout=cfg.dropout, groups=cfg.groups)
 
         self.down = nn.ModuleList()
         skips = [ch]

@@ -62,6 +62,8 @@ def read_point_layout(path, scheme) -> tuple[np.ndarray, np.ndarray]:
         props = feat.get("properties") or {}
         cid = _class_of(props, by_name, scheme, path)
         for xy in coords:
+            if not isinstance(xy, (list, tuple)) or len(xy) < 2:
+                raise CorruptFileError(f"A point in {path.name} has no (x, y) coordinates.")
             points.append((float(xy[1]), float(xy[0])))
             classes.append(cid)
     if not points:
