@@ -132,8 +132,7 @@ class FreeUHooks:
                                                                  with_kwargs=True))
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        return False
