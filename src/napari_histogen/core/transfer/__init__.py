@@ -13,6 +13,7 @@ Modules (no napari, no Qt; torch and diffusers are imported inside functions):
 - :mod:`.models`: loading Stable Diffusion parts once (diffusers + transformers), prompt embeddings;
 - :mod:`.inversion`: the DDIM schedule, DDIM and edit-friendly DDPM inversion, the inversion cache;
 - :mod:`.attention`: attention processors that swap keys/values on an unmodified diffusers UNet;
+- :mod:`.freeu`: the reference's FreeU on the backbone features, as forward pre-hooks on the up-blocks;
 - :mod:`.adain`: global and per-class masked AdaIN on latents;
 - :mod:`.render`: the structure image, class colours, the flips/rotations of target masks;
 - :mod:`.pipeline`: the denoising loop (branches batched, swap guidance, AdaIN);
