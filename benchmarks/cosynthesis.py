@@ -20,6 +20,11 @@ Measures:
 - point fidelity: fraction of input points that lie in exactly one nucleus of their class that
   holds no other point; fraction of nuclei that hold no point; nuclei per point.
 
+``--crc FOLDER`` adds real typed point layouts without masks: the CRCHistoPhenotypes
+validation images (20x), the typed points of a 128 px crop (epithelial -> epithelial,
+inflammatory -> inflammatory, fibroblast -> spindle-shaped, others -> other), generated at the
+model's 40x (256 px); point fidelity and label-image agreement only (research data: never shipped).
+
 Run::
 
     /tmp/heavy env PYTHONPATH=src .venv/bin/python benchmarks/cosynthesis.py \
@@ -88,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/cosyn_bench")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--crc", default=None, help="CRCHistoPhenotypes cls_and_det/validation folder (optional)")
     args = parser.parse_args(argv)
     import torch
 
@@ -176,10 +182,63 @@ def main(argv=None):
         sec = seconds.get(name)
         print(f"  {name:14s} {f['points_ok'][0]:9.3f} {f['nuclei_without_point'][0]:16.3f} "
               f"{f['nuclei_per_point'][0]:12.3f} {'' if sec is None else f'{sec / n:8.1f}'}")
-    (out / "results.json").write_text(json.dumps({
+    crc = crc_layouts(args.crc) if args.crc else []
+    crc_rows, crc_agree = [], []
+    for i, (name, pts, cls) in enumerate(crc):
+        res = cosyn.run(CosynRequest(points=pts, point_classes=cls, shape=(128, 128), mpp=0.5, steps=args.steps,
+                                     guidance=args.guidance, seed=args.seed + i))[0]
+        scaled = pts * (0.5 / DATA_MPP)
+        crc_rows.append(point_fidelity(res.nuclei, scaled, cls))
+        m20 = resample_nuclei(res.nuclei, EVAL_MPP)
+        crc_agree.append(consistency_scores(m20.instances, segment_nuclei_hed(to_eval_scale(res.image), mpp=EVAL_MPP)))
+        if i < 4:
+            imsave(out / f"crc_{name}.png", np.concatenate([res.image, label_rgb_of(res.nuclei)], axis=1),
+                   check_contrast=False)
+    crc_summary = None
+    if crc_rows:
+        crc_summary = {**summarise(crc_rows), **summarise(crc_agree)}
+        print(f"\nCRCHistoPhenotypes layouts ({len(crc_rows)} crops of 128 px at 20x, typed points only)")
+        print(f"  points ok {crc_summary['points_ok'][0]:.3f}, nuclei w/o point "
+              f"{crc_summary['nuclei_without_point'][0]:.3f}, nuclei/point {crc_summary['nuclei_per_point'][0]:.3f}, "
+              f"segmenter vs generated mask Dice {crc_summary['dice'][0]:.3f} AJI {crc_summary['aji'][0]:.3f}")
+    (out / "results.json").write_text(json.dumps({"crc": crc_summary,
         "n": n, "kid_subset": subset, "steps": args.steps, "guidance": args.guidance, "model": cosyn.describe(),
         "nasdm": nasdm.describe(), "realism_kid": realism, "agreement": agreement, "point_fidelity": fid_sum,
         "seconds_per_patch": {k: v / n for k, v in seconds.items()}}, indent=2, default=str))
+
+
+def label_rgb_of(mask: NucleiMask) -> np.ndarray:
+    from napari_histogen.core.cosyn.train import label_rgb
+
+    return label_rgb(mask.type_map())
+
+
+#: CRCHistoPhenotypes point files -> CoNSeP class ids
+CRC_CLASSES = {"epithelial": 3, "inflammatory": 2, "fibroblast": 4, "others": 1}
+
+
+def crc_layouts(folder, crop: int = 128):
+    """``(name, points (N, 2) row/col at 20x, classes)`` of the top-left ``crop`` px of each image."""
+    import scipy.io as sio
+
+    out = []
+    for img_dir in sorted(Path(folder).iterdir()):
+        if not img_dir.is_dir():
+            continue
+        pts, cls = [], []
+        for kind, cid in CRC_CLASSES.items():
+            f = img_dir / f"{img_dir.name}_{kind}.mat"
+            if f.is_file():
+                xy = sio.loadmat(str(f))["detection"].astype(float).reshape(-1, 2) - 1  # 1-based (x, y)
+                pts.append(xy[:, ::-1])
+                cls.append(np.full(len(xy), cid))
+        if not pts:
+            continue
+        p, c = np.concatenate(pts), np.concatenate(cls)
+        keep = (p[:, 0] < crop - 0.5) & (p[:, 1] < crop - 0.5)
+        if keep.sum() >= 3:
+            out.append((img_dir.name, p[keep], c[keep]))
+    return out
 
 
 if __name__ == "__main__":
