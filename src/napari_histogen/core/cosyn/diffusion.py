@@ -2,9 +2,10 @@
 
 - Schedule: the latent model's (T = 1000, scaled-linear betas); the label's categorical
   process uses the same ``abar_t`` (:mod:`.categorical`).
-- Gaussian parts: v-prediction with Min-SNR-gamma weighting
-  (:class:`~napari_histogen.core.latent.diffusion.LatentDiffusion`); the distance map is
-  scaled to [-1, 1].
+- Latent: v-prediction with Min-SNR-gamma weighting
+  (:class:`~napari_histogen.core.latent.diffusion.LatentDiffusion`).
+- Distance map (scaled to [-1, 1]): the network predicts the clean map (``x_0``), plain MSE;
+  the sampler derives the noise from ``d_t`` (see :mod:`.model` for why).
 - Label: the multinomial diffusion loss (KL of posteriors, NLL at t = 0) plus
   ``label_ce`` times the cross-entropy of the predicted clean label (the "hybrid" loss of
   D3PM, Austin et al. 2021: the KL alone gives a weak signal early in training).
@@ -34,7 +35,7 @@ __all__ = ["default_cosyn_diffusion", "JointDiffusion", "sample_joint", "respace
 def default_cosyn_diffusion(lambda_i: float = 1.0, lambda_d: float = 1.0, lambda_l: float = 1.0,
                             label_ce: float = 0.5, min_snr_gamma: float = 5.0) -> dict:
     """The diffusion config recorded in a co-synthesis model's JSON."""
-    return {**default_diffusion("v", min_snr_gamma), "lambda_i": float(lambda_i), "lambda_d": float(lambda_d),
+    return {**default_diffusion("v", min_snr_gamma), "distance_prediction": "x0", "lambda_i": float(lambda_i), "lambda_d": float(lambda_d),
             "lambda_l": float(lambda_l), "label_ce": float(label_ce)}
 
 
@@ -63,14 +64,14 @@ class JointDiffusion:
         z_t = self.gauss.q_sample(z0, t, noise_z)
         d_t = self.gauss.q_sample(d0, t, noise_d)
         l_t = self.cat.q_sample(x0, t, generator)
-        v_z, v_d, logits = model(z_t, d_t, l_t, t, points, prompt)
+        v_z, d0_hat, logits = model(z_t, d_t, l_t, t, points, prompt)
         w = self.gauss.loss_weight(t)
         mse_z = ((v_z.float() - self.gauss.target(z0, t, noise_z)) ** 2).flatten(1).mean(1)
-        mse_d = ((v_d.float() - self.gauss.target(d0, t, noise_d)) ** 2).flatten(1).mean(1)
+        mse_d = ((d0_hat.float() - d0) ** 2).flatten(1).mean(1)
         vb = self.cat.loss(logits, x0, l_t, t)
         ce = F.cross_entropy(logits.float(), label0.long(), reduction="none").flatten(1).mean(1)
         image = (w * mse_z).mean()
-        distance = (w * mse_d).mean()
+        distance = mse_d.mean()
         label = (vb + float(cfg.get("label_ce", 0.5)) * ce).mean()
         loss = float(cfg["lambda_i"]) * image + float(cfg["lambda_d"]) * distance + float(cfg["lambda_l"]) * label
         return {"loss": loss, "image": image.detach(), "distance": distance.detach(), "label": label.detach(),
@@ -135,11 +136,13 @@ def sample_joint(model, points: torch.Tensor, prompt: torch.Tensor, diffusion: d
             s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             tt = torch.full((n,), t, dtype=torch.long, device=device)
             with amp:
-                v_z, v_d, logits = _guided(model, z, dist, lab, tt, points, prompt.float(), guidance)
+                v_z, d0_hat, logits = _guided(model, z, dist, lab, tt, points, prompt.float(), guidance)
             a_t = float(abar[t])
             a_s = float(abar[s]) if s >= 0 else 1.0
             z = _ddim_step(z, v_z, a_t, a_s)
-            dist = _ddim_step(dist, v_d, a_t, a_s)
+            d0_hat = d0_hat.clamp(-1, 1)
+            eps_d = (dist - a_t ** 0.5 * d0_hat) / (1 - a_t) ** 0.5
+            dist = a_s ** 0.5 * d0_hat + (1 - a_s) ** 0.5 * eps_d
             x0_hat = torch.softmax(logits, dim=1)
             if s >= 0:
                 post = cat.posterior(lab.float(), x0_hat, tt, torch.full((n,), s, dtype=torch.long, device=device))

@@ -21,9 +21,12 @@ Conditions:
 
 Classifier-free guidance drops both (all-zero point map and prompt) during training.
 
-Outputs (three heads from the last features): v-prediction of the latent, v-prediction of the
-distance map and ``x_0`` logits of the label, the last two through depth-to-space back to full
-resolution.
+Outputs (three heads from the last features): v-prediction of the latent (plus a 1x1 skip from
+``z_t``), the clean distance map (``x_0``-prediction) and ``x_0`` logits of the label, the last two
+through depth-to-space back to full resolution. The two full-resolution outputs predict the clean
+map rather than noise because 64 features per latent pixel cannot carry the noise of 64 distance
+pixels and 64 (K + 1) label channels through the first layer; the sampler takes the noise from
+``d_t`` and ``l_t`` themselves.
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ class PointEncoder(nn.Module):
 
 
 class CosynNet(nn.Module):
-    """``(v_z, v_d, label logits) = f(z_t, d_t, l_t, t, points, prompt)``; see the module docstring."""
+    """``(v_z, d0, label logits) = f(z_t, d_t, l_t, t, points, prompt)``; see the module docstring."""
 
     def __init__(self, config: CosynConfig):
         super().__init__()
@@ -203,6 +206,8 @@ class CosynNet(nn.Module):
         self.points_late = nn.Conv2d(ch, last_in, 1)
         self.out_norm = nn.Sequential(GroupNorm32(cfg.groups, width), nn.SiLU())
         self.head_image = _zero(nn.Conv2d(width, cfg.latent_channels, 3, padding=1))
+        # z_t straight to the image output: the noise part of v need not squeeze through the shared first layer
+        self.skip_image = _zero(nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1))
         self.head_distance = _zero(nn.Conv2d(width, d2, 3, padding=1))
         self.head_label = _zero(nn.Conv2d(width, d2 * k1, 3, padding=1))
 
@@ -221,7 +226,7 @@ class CosynNet(nn.Module):
 
         Returns
         -------
-        v_z : (N, C, h, w); v_d : (N, 1, H, W); logits : (N, K + 1, H, W) of the clean label
+        v_z : (N, C, h, w); d0 : (N, 1, H, W) clean distance in [-1, 1]; logits : (N, K + 1, H, W) of the clean label
         """
         cfg = self.config
         d = cfg.downscale
@@ -248,10 +253,10 @@ class CosynNet(nn.Module):
                 h = h + self.points_late(pts)
             h = blocks(torch.cat([h, hs.pop()], dim=1), emb, None)
         h = self.out_norm(h)
-        v_z = self.head_image(h)
-        v_d = F.pixel_shuffle(self.head_distance(h), d)
+        v_z = self.head_image(h) + self.skip_image(z_t)
+        d0 = F.pixel_shuffle(self.head_distance(h), d)
         logits = F.pixel_shuffle(self.head_label(h), d)
-        return v_z, v_d, logits
+        return v_z, d0, logits
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
