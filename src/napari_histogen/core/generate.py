@@ -200,10 +200,10 @@ def generate_pairs(types, n: int, out_dir, *, mask_model=None, image_model=None,
         request.mpp = float(mpp)
         request.check()
     mask_info = mask_engine.describe()
-    image_info = image_engine.describe() if image_engine is not None else None
+    image_info = image_engine.describe() if image_engine is not None else {}
     out.mkdir(parents=True, exist_ok=True)
     run = {"types": [mask_engine.scheme.name_of(c) for c in parse_types(request.types, mask_engine.scheme)],
-           "n": int(n), "seed": int(seed), "mask_model": mask_info, "image_model": image_info,
+           "n": int(n), "seed": int(seed), "mask_model": mask_info, "image_model": image_info or None,
            "masks_only": bool(masks_only), "steps": steps, "guidance": guidance, "image_steps": image_steps,
            "image_guidance": image_guidance}
     (out / "generate.json").write_text(json.dumps(make_provenance("generate pairs", **run), indent=2,
@@ -224,7 +224,7 @@ def generate_pairs(types, n: int, out_dir, *, mask_model=None, image_model=None,
         mask_result = mask_engine.run(one, cancel=cancel)[0]
         if progress is not None:
             progress(k * per_pair + 1, int(n) * per_pair)
-        if mask_result.mask.n_nuclei == 0 and image_engine is not None:
+        if mask_result.nuclei.n_nuclei == 0 and image_engine is not None:
             report.skipped.append((name, "the generated mask holds no nucleus (NASDM needs at least one)"))
             continue
         if image_engine is None:

@@ -61,10 +61,10 @@ class MaskGenSection(BackgroundRunMixin, QGroupBox):
         types_row = QHBoxLayout()
         self.type_boxes: dict[int, QCheckBox] = {}
         for cls in self.scheme.classes:
-            box = QCheckBox(cls.name)
-            box.setToolTip(f"include {cls.name} nuclei (class {cls.id} of {self.scheme.name})")
-            self.type_boxes[cls.id] = box
-            types_row.addWidget(box)
+            check = QCheckBox(cls.name)
+            check.setToolTip(f"include {cls.name} nuclei (class {cls.id} of {self.scheme.name})")
+            self.type_boxes[cls.id] = check
+            types_row.addWidget(check)
         grid.addWidget(QLabel("types"), 1, 0)
         grid.addLayout(types_row, 1, 1, 1, 3)
         self.count_spin = QSpinBox()

@@ -72,8 +72,8 @@ class MaskDiffusion:
         self.num_timesteps = int(config["num_timesteps"])
         self.prediction = config.get("prediction", "v")
         self.gamma = float(config.get("min_snr_gamma", 5.0))
-        ac = DDPMScheduler(**{k: v for k, v in _common(config).items() if k != "timestep_spacing"}) \
-            .alphas_cumprod.double()
+        reference: Any = DDPMScheduler(**{k: v for k, v in _common(config).items() if k != "timestep_spacing"})
+        ac = reference.alphas_cumprod.double()
         self.sqrt_ac = ac.sqrt().float()
         self.sqrt_1m_ac = (1 - ac).sqrt().float()
         self.snr = (ac / (1 - ac)).float()

@@ -90,7 +90,7 @@ class MaskGenNet(nn.Module):
         if y.ndim != 2 or y.shape[1] != self.config.n_types:
             raise HistogenInputError(f"The type vector must be (N, {self.config.n_types}), not {tuple(y.shape)}.")
         labels = self.type_embed(y.to(x.dtype))
-        return self.unet(x, t, class_labels=labels).sample
+        return self.unet(x, t, class_labels=labels).sample  # type: ignore[operator]
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
