@@ -344,6 +344,10 @@ def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = No
     except Cancelled:
         log_fn(f"Stopped at step {step}; saving a checkpoint to resume from.")
         save(step)
+    except KeyboardInterrupt:  # Ctrl+C / SIGINT from a time-boxed job: keep the steps done, then stop
+        log_fn(f"Interrupted at step {step}; saving a checkpoint to resume from.")
+        save(step)
+        raise
     finally:
         loss_log.close()
     if not model_path.is_file():
