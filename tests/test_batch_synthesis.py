@@ -135,3 +135,139 @@ def test_cli_mask_batch_option(tiny_nasdm, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(common + ["--out", str(tmp_path / "c"), "--mask-batch", "0"])
     assert exit_.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+# --- precision, layout and the latent model's batched path ------------------------------------------------------
+
+
+def _save_tiny_latent(folder, seed: int = 0):
+    """A tiny random latent NASDM (32 px patches, 4 x 4 latents) with the shipped TAEF2, saved as a model file."""
+    import torch
+
+    from napari_histogen.core.latent.diffusion import default_diffusion
+    from napari_histogen.core.latent.model import LatentNasdmNet, latent_preset
+    from napari_histogen.core.nasdm.checkpoint import NasdmModelConfig, save_nasdm
+    from napari_histogen.core.schemes import get_scheme
+
+    scheme = get_scheme("consep")
+    torch.manual_seed(seed)
+    net = LatentNasdmNet(latent_preset("tiny", cond_channels=len(scheme.ids) + 2, latent_size=4))
+    with torch.no_grad():  # zero-initialised output layers would make every sample the same
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    config = NasdmModelConfig(unet=net.config.to_dict(), diffusion=default_diffusion(), scheme=scheme.to_dict(),
+                              class_ids=list(scheme.ids), mpp=0.5, family="latent",
+                              latent={"autoencoder": "taef2", "mean": [0.0] * 32, "std": [1.0] * 32},
+                              training={"model_id": "tiny-latent-test", "default_steps": 3,
+                                        "default_guidance": 0.5})
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_nasdm(net, config, folder / "nasdm.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_latent(tmp_path_factory):
+    return _save_tiny_latent(tmp_path_factory.mktemp("tiny_latent"))
+
+
+def _bf16_on_cpu() -> bool:
+    from napari_histogen.core.devices import cpu_bf16_supported
+
+    return cpu_bf16_supported()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_latent_run_many_equals_run_at_the_same_precision(tiny_latent, precision):
+    if precision == "bf16" and not _bf16_on_cpu():
+        pytest.skip("this CPU has no native bf16")
+    engine = NasdmEngine(tiny_latent, device="cpu", precision=precision)
+    requests = [NasdmRequest(nuclei=_mask(k), n_samples=n, seed=3 * k, batch_size=4) for k, n in ((0, 2), (1, 1),
+                                                                                                   (2, 2))]
+    batched = engine.run_many(requests)
+    for many, request in zip(batched, requests):
+        for a, b in zip(many, engine.run(request)):
+            assert_same_image(a.image, b.image, precision)
+            assert a.provenance["parameters"]["precision"] == ("bfloat16" if precision == "bf16" else "fp32")
+    assert np.abs(batched[0][0].image.astype(int) - batched[0][1].image).mean() > 1  # other seed, other image
+
+
+def test_bf16_images_stay_close_to_fp32(tiny_latent):
+    if not _bf16_on_cpu():
+        pytest.skip("this CPU has no native bf16")
+    request = NasdmRequest(nuclei=_mask(4), n_samples=2, seed=1)
+    fp32 = NasdmEngine(tiny_latent, device="cpu", precision="fp32").run(request)
+    bf16 = NasdmEngine(tiny_latent, device="cpu", precision="bf16").run(request)
+    for a, b in zip(fp32, bf16):
+        diff = np.abs(a.image.astype(float) - b.image)
+        assert 0 < diff.mean() < 4, diff.mean()  # bf16 really ran, and the image is the same picture
+
+
+def test_channels_last_gives_the_images_of_the_default_layout(tiny_nasdm, tiny_latent):
+    for model in (tiny_nasdm, tiny_latent):
+        request = NasdmRequest(nuclei=_mask(5), n_samples=2, seed=2, steps=3)
+        nhwc = NasdmEngine(model, device="cpu", channels_last=True)
+        nchw = NasdmEngine(model, device="cpu", channels_last=False)
+        assert nhwc.channels_last and not nchw.channels_last
+        assert NasdmEngine(model, device="cpu").channels_last  # the CPU default
+        for a, b in zip(nhwc.run(request), nchw.run(request)):
+            assert_same_image(a.image, b.image, str(model))
+
+
+def test_condition_features_computed_once_equal_encoding_at_every_step():
+    import torch
+
+    from napari_histogen.core.latent.diffusion import default_diffusion, sample_latents
+    from napari_histogen.core.latent.model import LatentNasdmNet, latent_preset
+
+    torch.manual_seed(0)
+    net = LatentNasdmNet(latent_preset("tiny", cond_channels=6, latent_size=4)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+
+    class EveryStep(torch.nn.Module):  # the network without a visible condition encoder: encodes at every call
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z, t, cond):
+            return self.inner(z, t, cond)
+
+    cond = torch.zeros(2, 6, 32, 32)
+    cond[:, 0] = 1
+    cond[0, 0, 4:12, 4:12], cond[0, 2, 4:12, 4:12] = 0, 1
+    kw = dict(latent_shape=(32, 4, 4), steps=4, guidance=0.5, sampler="dpmpp")
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
+    once = sample_latents(net, cond, default_diffusion(), generators=gens(), **kw)
+    each = sample_latents(EveryStep(net), cond, default_diffusion(), generators=gens(), **kw)
+    assert torch.allclose(once, each, atol=1e-5)
+    assert (once[0] - once[1]).abs().mean() > 0.01
+
+
+def test_latent_decode_one_at_a_time_equals_the_whole_batch():
+    import torch
+
+    from napari_histogen.core.latent.sampling import LatentModel
+    from napari_histogen.core.latent.taef2 import load_taef2
+
+    class Config:
+        latent = {"mean": [0.1] * 32, "std": [0.9] * 32}
+
+    model = LatentModel(torch.nn.Conv2d(1, 1, 1), load_taef2(), Config())
+    z = torch.randn(3, 32, 4, 4, generator=torch.Generator().manual_seed(0))
+    whole, single = model.decode(z, batch=3), model.decode(z, batch=1)
+    assert whole.shape == (3, 3, 32, 32)
+    assert torch.allclose(whole, single, atol=1e-5)
+    assert torch.equal(model.decode(z), single)  # CPU default: one at a time
+
+
+def test_precision_choices_on_cpu(tiny_nasdm, monkeypatch):
+    from napari_histogen.core import devices
+
+    with pytest.raises(HistogenInputError, match="CUDA"):
+        NasdmEngine(tiny_nasdm, device="cpu", precision="fp16")
+    assert NasdmEngine(tiny_nasdm, device="cpu").autocast_dtype is None  # auto on CPU: fp32
+    monkeypatch.setattr(devices, "cpu_bf16_supported", lambda: False)
+    with pytest.raises(HistogenInputError, match="no native bf16"):
+        NasdmEngine(tiny_nasdm, device="cpu", precision="bf16")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .errors import HistogenInputError
 
-__all__ = ["DEVICES", "PRECISIONS", "resolve_device", "autocast_dtype", "describe_device"]
+__all__ = ["DEVICES", "PRECISIONS", "resolve_device", "autocast_dtype", "cpu_bf16_supported", "describe_device"]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -38,11 +38,25 @@ def resolve_device(name: str = "auto"):
     raise HistogenInputError(f"Unknown device '{name}'; choose one of {', '.join(DEVICES)} (or cuda:N).")
 
 
-def autocast_dtype(device, precision: str = "auto"):
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (oneDNN with AVX-512 BF16 or AMX).
+
+    Without such support bf16 on CPU is emulated and slower than fp32.
+    """
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the oneDNN query
+        return False
+
+
+def autocast_dtype(device, precision: str = "auto", *, allow_cpu_bf16: bool = False):
     """The autocast dtype for ``precision`` on ``device`` (None = plain fp32).
 
-    ``auto`` is bf16 on GPUs that support it, else fp16 on CUDA, and fp32 on CPU (CPU
-    autocast is slower than fp32 for these convolutions).
+    ``auto`` is bf16 on GPUs that support it, else fp16 on CUDA, and fp32 on CPU. With
+    ``allow_cpu_bf16`` (callers that measured bf16 inference on CPU: NASDM sampling) an
+    explicit ``bf16`` is accepted on a CPU with native bf16 (:func:`cpu_bf16_supported`).
     """
     import torch
 
@@ -54,7 +68,13 @@ def autocast_dtype(device, precision: str = "auto"):
     if device.type != "cuda":
         if precision == "auto":
             return None
-        raise HistogenInputError(f"Precision {precision} needs a CUDA device; on CPU use fp32 (or auto).")
+        if precision == "bf16" and allow_cpu_bf16:
+            if not cpu_bf16_supported():
+                raise HistogenInputError("This CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 is slower "
+                                         "than fp32; use precision fp32 (or auto).")
+            return torch.bfloat16
+        only = "fp32 (or auto)" + (" or bf16" if allow_cpu_bf16 else "")
+        raise HistogenInputError(f"Precision {precision} needs a CUDA device; on CPU use {only}.")
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16

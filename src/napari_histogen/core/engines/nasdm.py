@@ -219,12 +219,20 @@ class NasdmEngine:
         ``"default"`` / None (the embedded model), a cached model name, or a model path.
     device : {"auto", "cpu", "cuda"}
     precision : {"auto", "fp32", "bf16", "fp16"}
-        Autocast on CUDA (``auto`` = bf16 where supported); CPU runs fp32.
+        Autocast of the networks (denoiser and, for latent models, the TAEF2 decoder). ``auto``:
+        bf16 on CUDA where supported (else fp16), fp32 on CPU. ``bf16`` also runs on CPUs with
+        native bf16 (AVX-512 BF16 / AMX), where it is faster (docs/performance.md).
+    channels_last : bool, optional
+        Keep the convolution weights channels-last (NHWC). None: on CPU, where oneDNN was
+        measured faster with it; off on CUDA until measured there.
+    compile : bool
+        ``torch.compile`` the denoiser (measured on CPU: see docs/performance.md).
     """
 
     name = ENGINE_NAME
 
-    def __init__(self, model=None, *, device: str = "auto", precision: str = "auto"):
+    def __init__(self, model=None, *, device: str = "auto", precision: str = "auto",
+                 channels_last: bool | None = None, compile: bool = False):
         from ..devices import autocast_dtype, resolve_device
         from ..models.registry import embedded_sha256, resolve_nasdm
         from ..nasdm.checkpoint import load_nasdm
@@ -232,10 +240,35 @@ class NasdmEngine:
         self.model_spec = "default" if model in (None, "") else str(model)
         self.device = resolve_device(device)
         self.precision = precision
-        self.autocast_dtype = autocast_dtype(self.device, precision)
+        self.autocast_dtype = autocast_dtype(self.device, precision, allow_cpu_bf16=True)
         expected = embedded_sha256(self.model_spec)
         self.loaded: Any = load_nasdm(resolve_nasdm(model), device=self.device, expected_sha256=expected)
         self.config = self.loaded.config
+        self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self._to_channels_last()
+        self.compiled = bool(compile)
+        if self.compiled:
+            self._compile()
+
+    def _to_channels_last(self) -> None:
+        import torch
+
+        model = self.loaded.model
+        if getattr(model, "is_latent", False):
+            model.to_channels_last()
+        else:
+            model.to(memory_format=torch.channels_last)
+
+    def _compile(self) -> None:
+        """``torch.compile`` the denoiser (the sampler calls it like the eager module)."""
+        import torch
+
+        model = self.loaded.model
+        if getattr(model, "is_latent", False):
+            model.net.unet = torch.compile(model.net.unet, dynamic=False)
+        else:
+            self.loaded.model = torch.compile(model, dynamic=False)
 
     @property
     def scheme(self):

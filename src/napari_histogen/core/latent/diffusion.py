@@ -154,12 +154,17 @@ def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: 
     total = len(timesteps) * n_tiles
     scale = cond.shape[-1] // latent_shape[2]
     with torch.inference_mode():
+        # one canvas tile: the condition features do not change between steps, so the condition
+        # encoder runs once (and once for the null condition), not at every step
+        features = _condition_features(model, cond, guidance, amp) if n_tiles == 1 else None
         for i, t in enumerate(timesteps):
             check_cancel(cancel)
             t_dev = t.to(device)
 
             def denoise(z_part, cond_part, t_dev=t_dev):
                 with amp:
+                    if features is not None:
+                        return _guided_from_features(model, z_part, t_dev, features, guidance)
                     return guided_latent_output(model, z_part, t_dev, cond_part, guidance)
 
             def tiles_done(done, i=i):
@@ -173,6 +178,32 @@ def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: 
             if progress is not None and n_tiles == 1:
                 progress(i + 1, total)
     return z
+
+
+def _condition_features(model, cond: torch.Tensor, guidance: float, amp) -> torch.Tensor | None:
+    """The denoiser's condition features for ``cond`` (then the null condition's, when guided), or None
+    for a network without a separate condition encoder."""
+    encoder, unet = getattr(model, "cond_encoder", None), getattr(model, "unet", None)
+    if encoder is None or unet is None:
+        return None
+    d = int(model.config.downscale)
+    if cond.shape[-2] % d or cond.shape[-1] % d:
+        return None  # the network's own check gives the message
+    both = cond if guidance == 0 else torch.cat([cond, torch.zeros_like(cond)])
+    with amp:
+        return encoder(both)
+
+
+def _guided_from_features(model, z: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
+                          guidance: float) -> torch.Tensor:
+    """:func:`guided_latent_output` with the condition features computed once (``_condition_features``)."""
+    n = z.shape[0]
+    tt = t.expand(n) if t.ndim == 0 else t
+    if guidance == 0:
+        return model.unet(z, tt, features).float()
+    both = model.unet(torch.cat([z, z]), torch.cat([tt, tt]), features).float()
+    out_c, out_u = both[:n], both[n:]
+    return out_c + guidance * (out_c - out_u)
 
 
 def guided_latent_output(model, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
