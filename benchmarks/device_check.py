@@ -9,6 +9,9 @@ in order, and skips what no longer fits (with a note in ``summary.json``):
    size and precision: seconds per step, patches/s for 50/100/250 steps, peak memory;
 3. ``nasdm_latent.json``: the embedded latent default model: whole runs (its recommended steps,
    masks batched across with ``run_many``) by batch size and precision: patches/s, peak memory;
+   and the speed switches at the first precision and batch 32 (``variants``): default layout,
+   channels-last, ``torch.compile``, CUDA graphs (compile mode "reduce-overhead"), with the
+   first run (compilation) and the steady time;
 4. ``transfer.json``: appearance transfer of one 512 px pair with SD 1.5-shaped random weights,
    straightforward against optimised path: seconds per pair and peak memory;
 5. ``training.json``: training throughput (patches/s) of pixel and latent NASDM on a synthetic
@@ -172,7 +175,66 @@ def part_nasdm_latent(cfg, budget: Budget) -> dict:
             except Exception as err:  # noqa: BLE001
                 skipped.append(f"batch {batch} {precision}: {type(err).__name__}: {err}")
         engine.free()
-    return {"rows": rows, "skipped": skipped}
+    variants = _latent_variants(cfg, budget, skipped)
+    return {"rows": rows, "variants": variants, "skipped": skipped}
+
+
+#: The speed switches measured on the latent default at one precision and batch: weight layout,
+#: torch.compile, and CUDA graphs (torch.compile's "reduce-overhead" mode replays the whole
+#: denoiser as one graph; CUDA only).
+LATENT_VARIANTS = {"eager": dict(channels_last=False, compile=False),
+                   "channels_last": dict(channels_last=True, compile=False),
+                   "compile": dict(channels_last=False, compile="default"),
+                   "cuda_graphs": dict(channels_last=False, compile="reduce-overhead")}
+
+
+def _latent_variants(cfg, budget: Budget, skipped: list) -> list:
+    """Rows of the :data:`LATENT_VARIANTS` at ``cfg.variant_precision`` and ``cfg.variant_batch``: first
+    run (compilation included) and steady seconds per batch, and the largest grey-level difference
+    to the eager images (the switches must not change them beyond rounding)."""
+    import batch_synthesis
+    import numpy as np
+
+    from napari_histogen.core.engines.nasdm import NasdmEngine, NasdmRequest
+
+    rows: list[dict] = []
+    eager_images = None
+    for name in cfg.latent_variants:
+        if name not in LATENT_VARIANTS:
+            skipped.append(f"variant {name}: unknown")
+            continue
+        if not budget.fits(cfg.variant_estimate_s):
+            skipped.append(f"variant {name}: out of time")
+            continue
+        try:
+            engine = NasdmEngine("default", device=cfg.device, precision=cfg.variant_precision,
+                                 **LATENT_VARIANTS[name])
+            masks = batch_synthesis.random_masks(cfg.variant_batch, engine.config.image_size, engine.scheme,
+                                                 float(engine.config.mpp))
+            steps = cfg.latent_steps or int(engine.recommended()["steps"])
+            requests = [NasdmRequest(nuclei=m, steps=steps, seed=k, batch_size=cfg.variant_batch)
+                        for k, m in enumerate(masks)]
+            start = time.perf_counter()
+            engine.run_many(requests)  # the first run compiles (or records the graphs)
+            first = time.perf_counter() - start
+            _peak_reset(engine.device)
+            start = time.perf_counter()
+            for _ in range(cfg.repeat):
+                drawn = engine.run_many(requests)
+            seconds = (time.perf_counter() - start) / cfg.repeat
+            images = [r[0].image for r in drawn]
+            if eager_images is None:
+                eager_images = images
+            diff = max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(images, eager_images))
+            rows.append({"variant": name, **{k: str(v) for k, v in LATENT_VARIANTS[name].items()},
+                         "precision": cfg.variant_precision, "batch": cfg.variant_batch, "steps": steps,
+                         "first_run_s": first, "seconds_per_batch": seconds,
+                         "patches_per_s": cfg.variant_batch / seconds, "peak_mb": _peak_mb(engine.device),
+                         "max_grey_level_difference_to_first_variant": diff})
+            engine.free()
+        except Exception as err:  # noqa: BLE001 - one failing variant must not cost the others
+            skipped.append(f"variant {name}: {type(err).__name__}: {err}")
+    return rows
 
 
 def part_transfer(cfg, budget: Budget) -> dict:
@@ -310,6 +372,8 @@ def configure(args) -> argparse.Namespace:
         cfg.precisions = ["bf16", "fp16", "fp32"] if args.precisions is None else args.precisions.split(",")
         cfg.pixel_sizes, cfg.pixel_image_size, cfg.pixel_batches = ["paper", "small"], 128, [1, 4, 16, 64]
         cfg.latent_batches, cfg.latent_steps, cfg.latent_image_size = [1, 8, 32, 64], None, 256
+        cfg.latent_variants = ["eager", "channels_last", "compile", "cuda_graphs"]
+        cfg.variant_precision, cfg.variant_batch, cfg.variant_estimate_s = cfg.precisions[0], 32, 60.0
         cfg.transfer_model, cfg.transfer_steps, cfg.transfer_skip = "sd15", 100, 32
         cfg.train_grid, cfg.train_steps = [("pixel", "paper", 8), ("pixel", "small", 32), ("latent", "small", 32)], 30
         cfg.repeat, cfg.gpu_tests_timeout = 3, 240.0
@@ -319,6 +383,9 @@ def configure(args) -> argparse.Namespace:
         cfg.precisions = ["fp32"]
         cfg.pixel_sizes, cfg.pixel_image_size, cfg.pixel_batches = ["tiny"], 32, [1, 2]
         cfg.latent_batches, cfg.latent_steps, cfg.latent_image_size = [2], 2, 64
+        # CUDA graphs and compilation need a GPU (and minutes of compiling on CPU): layouts only
+        cfg.latent_variants = ["eager", "channels_last"]
+        cfg.variant_precision, cfg.variant_batch, cfg.variant_estimate_s = "fp32", 2, 1.0
         cfg.transfer_model, cfg.transfer_steps, cfg.transfer_skip = "tiny", 4, 1
         cfg.train_grid, cfg.train_steps = [("pixel", "tiny", 2), ("latent", "tiny", 2)], 2
         cfg.repeat, cfg.gpu_tests_timeout = 1, 120.0

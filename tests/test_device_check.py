@@ -36,8 +36,12 @@ def test_dry_run_runs_every_part_and_writes_at_most_eight_files(tmp_path):
     assert tests["returncode"] == 0 and tests["counts"].get("skipped", 0) >= 1  # no GPU here: skipped, not failed
     pixel = json.loads((tmp_path / "nasdm_pixel.json").read_text())["rows"]
     assert [r["batch"] for r in pixel] == [1, 2] and all(r["seconds_per_step"] > 0 for r in pixel)
-    latent = json.loads((tmp_path / "nasdm_latent.json").read_text())["rows"]
+    latent_part = json.loads((tmp_path / "nasdm_latent.json").read_text())
+    latent = latent_part["rows"]
     assert latent[0]["family"] == "latent" and latent[0]["patches_per_s"] > 0 and latent[0]["peak_mb"] > 0
+    variants = {r["variant"]: r for r in latent_part["variants"]}  # CPU: the layouts (compiling needs minutes)
+    assert set(variants) == {"eager", "channels_last"} and variants["channels_last"]["channels_last"] == "True"
+    assert all(r["max_grey_level_difference_to_first_variant"] <= 1 for r in variants.values())
     transfer = json.loads((tmp_path / "transfer.json").read_text())
     assert {r["path"] for r in transfer["rows"]} == {"straightforward", "optimised"}
     training = json.loads((tmp_path / "training.json").read_text())["rows"]

@@ -225,14 +225,16 @@ class NasdmEngine:
     channels_last : bool, optional
         Keep the convolution weights channels-last (NHWC). None: on CPU, where oneDNN was
         measured faster with it; off on CUDA until measured there.
-    compile : bool
-        ``torch.compile`` the denoiser (measured on CPU: see docs/performance.md).
+    compile : bool or str
+        ``torch.compile`` the denoiser: True or a mode of ``torch.compile`` ("default",
+        "reduce-overhead" = CUDA graphs on a GPU, "max-autotune"). See docs/performance.md for
+        what it gave on CPU.
     """
 
     name = ENGINE_NAME
 
     def __init__(self, model=None, *, device: str = "auto", precision: str = "auto",
-                 channels_last: bool | None = None, compile: bool = False):
+                 channels_last: bool | None = None, compile: bool | str = False):
         from ..devices import autocast_dtype, resolve_device
         from ..models.registry import embedded_sha256, resolve_nasdm
         from ..nasdm.checkpoint import load_nasdm
@@ -247,9 +249,9 @@ class NasdmEngine:
         self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
         if self.channels_last:
             self._to_channels_last()
-        self.compiled = bool(compile)
+        self.compiled = str(compile) if isinstance(compile, str) else ("default" if compile else "")
         if self.compiled:
-            self._compile()
+            self._compile(self.compiled)
 
     def _to_channels_last(self) -> None:
         import torch
@@ -260,15 +262,20 @@ class NasdmEngine:
         else:
             model.to(memory_format=torch.channels_last)
 
-    def _compile(self) -> None:
+    def _compile(self, mode: str) -> None:
         """``torch.compile`` the denoiser (the sampler calls it like the eager module)."""
         import torch
 
+        modes = ("default", "reduce-overhead", "max-autotune")
+        if mode not in modes:
+            raise HistogenInputError(f"Unknown compile mode '{mode}'; choose one of {', '.join(modes)}.")
+        if mode == "reduce-overhead" and self.device.type != "cuda":
+            raise HistogenInputError("Compile mode reduce-overhead records CUDA graphs: it needs a CUDA device.")
         model = self.loaded.model
         if getattr(model, "is_latent", False):
-            model.net.unet = torch.compile(model.net.unet, dynamic=False)
+            model.net.unet = torch.compile(model.net.unet, mode=mode, dynamic=False)
         else:
-            self.loaded.model = torch.compile(model, dynamic=False)
+            self.loaded.model = torch.compile(model, mode=mode, dynamic=False)
 
     @property
     def scheme(self):

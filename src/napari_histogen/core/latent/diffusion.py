@@ -199,8 +199,8 @@ def _guided_from_features(model, z: torch.Tensor, t: torch.Tensor, features: tor
     """:func:`guided_latent_output` with the condition features computed once (``_condition_features``)."""
     n = z.shape[0]
     tt = t.expand(n) if t.ndim == 0 else t
-    if guidance == 0:
-        return model.unet(z, tt, features).float()
+    if guidance == 0:  # a copy: a CUDA-graph replay reuses its output memory, and multistep solvers keep outputs
+        return model.unet(z, tt, features).float().clone()
     both = model.unet(torch.cat([z, z]), torch.cat([tt, tt]), features).float()
     out_c, out_u = both[:n], both[n:]
     return out_c + guidance * (out_c - out_u)
