@@ -271,3 +271,16 @@ def test_precision_choices_on_cpu(tiny_nasdm, monkeypatch):
     monkeypatch.setattr(devices, "cpu_bf16_supported", lambda: False)
     with pytest.raises(HistogenInputError, match="no native bf16"):
         NasdmEngine(tiny_nasdm, device="cpu", precision="bf16")
+
+
+def test_cli_precision_on_cpu(tiny_nasdm, tmp_path, capsys):
+    masks = _mask_folder(tmp_path / "masks", n=2)
+    common = ["synthesize", "nasdm", "--mask", str(masks), "--model", str(tiny_nasdm), "--steps", "2",
+              "--device", "cpu", "--mask-batch", "2"]
+    assert main(common + ["--out", str(tmp_path / "fp16"), "--precision", "fp16"]) == 2
+    assert "CUDA" in capsys.readouterr().err
+    if not _bf16_on_cpu():
+        pytest.skip("this CPU has no native bf16")
+    assert main(common + ["--out", str(tmp_path / "bf16"), "--precision", "bf16"]) == 0
+    prov = json.loads((tmp_path / "bf16" / "m0_s0.json").read_text())
+    assert prov["parameters"]["precision"] == "bfloat16"

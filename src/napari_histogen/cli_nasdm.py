@@ -112,7 +112,7 @@ def cmd_synthesize_nasdm(args) -> int:
     request = NasdmRequest(n_samples=args.n, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                            variance=args.variance, seed=args.seed, batch_size=args.batch_size,
                            tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, tile_weight=args.tile_weight)
-    engine = NasdmEngine(args.model, device=args.device, precision=args.precision)
+    engine = NasdmEngine(args.model, device=args.device, precision=args.precision, compile=args.compile or False)
     info = engine.describe()
     eprint(f"Model {info['model']} ({info['weights']}, sha256 {info['sha256'][:12]}..."
            f"{' checked' if info['sha256_checked'] else ''}), scheme {info['scheme']}, {info['image_size']} px "
@@ -247,5 +247,10 @@ def add_nasdm_parser(engines) -> None:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="synthesize only shard I of N of the masks (one per process or GPU, same --out); then "
                         "`histogen merge-shards OUT` checks completeness")
-    add_device_options(p)
+    add_device_options(p, precision_help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (CUDA, and CPUs with "
+                                         "native bf16 such as AMX, where it is faster), fp16 (CUDA)")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the denoiser (reduce-overhead: CUDA graphs, CUDA only); compiling takes "
+                        "minutes and did not pay on CPU (docs/performance.md)")
     p.set_defaults(func=cmd_synthesize_nasdm)
