@@ -15,7 +15,10 @@ pytest-xvfb; set ``QT_QPA_PLATFORM=offscreen`` to use no display at all). Phases
   worker (imports hold Python's GIL in C for up to a few hundred ms);
 - ``rerun:nasdm``: the same, measured on the second run of the session (what every later run costs).
 
-Each row also lists the gaps over 100 ms with the time they ended (s after the phase began).
+Each row also lists the gaps over 100 ms with the time they ended (s after the phase began),
+and the garbage collector's passes over 50 ms (``gc.callbacks``): a full pass over napari's,
+torch's and diffusers' objects takes a few hundred ms here and holds Python's lock, so it
+shows as a gap whichever thread it runs in.
 
 Prints a table: worst and median gap (ms), ticks, and the phase's wall time. Run (about two
 minutes on two cores)::
@@ -29,12 +32,14 @@ minutes on two cores)::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +58,17 @@ def measure_gaps(app, action, done, *, timeout_s: float = 600.0, settle_s: float
     from qtpy.QtCore import QEventLoop, QTimer
 
     ticks: list[float] = []
+    collections: list[tuple] = []  # (start, end, generation, thread) of the garbage collector's passes
+    collecting: dict = {}
+
+    def on_collect(phase, info):
+        if phase == "start":
+            collecting["t"] = time.perf_counter()
+        elif "t" in collecting:
+            collections.append((collecting.pop("t"), time.perf_counter(), info["generation"],
+                                threading.current_thread().name))
+
+    gc.callbacks.append(on_collect)
     loop = QEventLoop()
     state: dict = {"finished_at": None}
     start = time.perf_counter()
@@ -77,11 +93,15 @@ def measure_gaps(app, action, done, *, timeout_s: float = 600.0, settle_s: float
     QTimer.singleShot(TICK_MS * 3, begin)
     loop.exec_() if hasattr(loop, "exec_") else loop.exec()
     timer.stop()
+    gc.callbacks.remove(on_collect)
     gaps = [1000.0 * (b - a) for a, b in zip(ticks, ticks[1:])]
     worst_at = ticks[gaps.index(max(gaps))] - start if gaps else float("nan")
     return {"worst_ms": max(gaps) if gaps else float("nan"), "worst_at_s": worst_at,
             "over_100ms": sum(g > 100 for g in gaps),
             "long_gaps": [(round(g), round(ticks[i + 1] - start, 2)) for i, g in enumerate(gaps) if g > 100],
+            # garbage collector passes over 50 ms (ms, start s, generation, thread): they hold Python's lock
+            "gc_pauses": [(round(1000 * (b - a)), round(a - start, 2), g, name)
+                          for a, b, g, name in collections if b - a > 0.05],
             "median_ms": statistics.median(gaps) if gaps else float("nan"),
             "ticks": len(ticks), "wall_s": time.perf_counter() - start, "timed_out": state["finished_at"] is None}
 
@@ -195,6 +215,11 @@ def main(argv=None) -> int:
     for row in rows:
         print(f"{row['phase']:16s} {row['worst_ms']:9.1f} {row['median_ms']:10.1f} {row['ticks']:6d} {row['wall_s']:7.1f}"
               + ("  TIMED OUT" if row["timed_out"] else ""))
+        if row["long_gaps"]:
+            print(f"{'':16s} gaps over 100 ms (ms@s): " + ", ".join(f"{g}@{t}" for g, t in row["long_gaps"]))
+        if row["gc_pauses"]:
+            print(f"{'':16s} garbage collector passes over 50 ms (ms@s gen thread): "
+                  + ", ".join(f"{ms}@{t} g{g} {name}" for ms, t, g, name in row["gc_pauses"]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0 if len(rows) == len(args.phases.split(",")) else 1

@@ -67,3 +67,49 @@ def test_runs_leave_the_gui_thread_a_core():
         inside = torch.get_num_threads()
     assert inside == max(1, min(before, (os.cpu_count() or 2) - 1))
     assert torch.get_num_threads() == before
+
+
+def test_result_layers_are_added_without_selecting_them_and_repainted_in_a_later_turn(make_napari_viewer, qtbot):
+    import numpy as np
+
+    from napari_histogen.widgets._results import ResultLayers
+
+    viewer = make_napari_viewer(show=True)
+    mask = viewer.add_labels(np.zeros((16, 16), np.int32), name="mask")
+    window = viewer.window._qt_window
+    results = ResultLayers(viewer, "test")
+    seen = []  # (updates enabled while the layer was added, the layer)
+
+    def after(layer):
+        seen.append((window.updatesEnabled(), layer))
+
+    items = [(np.full((16, 16, 3), k, np.uint8), results.tag({"name": f"r{k}", "rgb": True}, "mask", 0), "image", after)
+             for k in range(2)]
+    done = []
+    results.add_later(items, on_added=lambda: done.append(True))
+    qtbot.waitUntil(lambda: bool(done), timeout=10_000)
+    qtbot.waitUntil(window.updatesEnabled, timeout=5_000)  # repaints resume one turn later
+    assert [layer.name for _held, layer in seen] == ["r0", "r1"]
+    assert not any(held for held, _layer in seen)  # no repaint inside the turn that adds a layer
+    assert viewer.layers.selection.active is mask  # the user's selection stays as it was
+    assert [layer.name for layer in results.layers()] == ["r0", "r1"]
+
+
+def test_torch_libraries_are_preloaded_before_the_first_import():
+    import os
+    import subprocess
+
+    code = ("import sys\n"
+            "from napari_histogen.widgets._runner import preload_torch_libraries\n"
+            "assert 'torch' not in sys.modules\n"
+            "loaded = preload_torch_libraries()\n"
+            "maps = open('/proc/self/maps').read() if sys.platform.startswith('linux') else ''\n"
+            "import torch\n"
+            "print(loaded, all(name in maps for name in loaded), float(torch.ones(2).sum()), preload_torch_libraries())\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": src})
+    assert out.returncode == 0, out.stderr[-2000:]
+    if sys.platform.startswith("linux"):  # mapped before torch was imported; nothing to do once it is
+        assert out.stdout.split() == ["['libc10.so',", "'libtorch_cpu.so',", "'libtorch.so',", "'libtorch_python.so']",
+                                      "True", "2.0", "[]"], out.stdout

@@ -13,7 +13,10 @@ results back.
 
 Nothing heavy runs on the GUI thread: the model loads in the worker, torch runs there with
 one core fewer than the machine has (so the GUI thread keeps a core), and result layers are
-added one per event-loop turn.
+added one per event-loop turn. The worker loads torch's shared libraries itself before the
+first ``import torch`` (:func:`preload_torch_libraries`): Python's import holds the
+interpreter lock while the dynamic loader maps libtorch (0.3 s here), which froze the GUI
+thread for as long.
 
 Workers return ``("done" | "cancelled" | "failed", value)`` instead of raising: napari 0.9's
 task-status hook on ``errored`` itself raises in the event loop.
@@ -22,11 +25,14 @@ task-status hook on ``errored`` itself raises in the event loop.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import importlib.util
 import logging
 import os
 import sys
 import weakref
+from pathlib import Path
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -51,7 +57,8 @@ from . import _guard
 from ._layout import Foldable, make_scrollable
 from ._results import ResultLayers
 
-__all__ = ["ProgressRelay", "BackgroundRunMixin", "EngineDock", "DEVICES", "gui_friendly_threads"]
+__all__ = ["ProgressRelay", "BackgroundRunMixin", "EngineDock", "DEVICES", "gui_friendly_threads",
+           "preload_torch_libraries"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -73,6 +80,45 @@ def gui_friendly_threads():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+#: torch's large shared libraries, in dependency order (Linux names)
+TORCH_LIBRARIES = ("libc10.so", "libtorch_cpu.so", "libtorch.so", "libtorch_python.so")
+
+
+def preload_torch_libraries() -> list[str]:
+    """Map torch's shared libraries into the process with Python's lock released; returns those loaded.
+
+    Called in a worker thread before the first ``import torch``. Importing an extension
+    module calls the dynamic loader while holding the interpreter lock, so mapping and
+    relocating libtorch (0.2-0.4 s) stops every other Python thread, the GUI thread included.
+    A call through ``ctypes.CDLL`` releases the lock, so ``dlopen`` called that way lets the
+    GUI thread run meanwhile; the later ``import torch`` finds the libraries loaded (the
+    loader reuses them by name) and only runs the module's own set-up. Loaded with local
+    symbol scope, as torch's own import loads them. Does nothing once torch is imported,
+    off Linux, or when torch is not installed.
+    """
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return []
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    try:
+        dlopen = ctypes.CDLL(None).dlopen
+    except (OSError, AttributeError):
+        return []
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    loaded = []
+    for name in TORCH_LIBRARIES:
+        path = lib_dir / name
+        if path.is_file() and dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_LOCAL):
+            loaded.append(name)
+    return loaded
 
 
 def _release(cache: EngineCache, *_args) -> None:
@@ -375,6 +421,7 @@ class EngineDock(BackgroundRunMixin, QWidget):
             try:
                 if announce:
                     relay.progress.emit(0, 0)  # busy bar while the model loads (first run only)
+                preload_torch_libraries()
                 loaded = cache.get(name, model, device=device)
                 with gui_friendly_threads():
                     return "done", loaded.run(request, progress=relay.progress.emit, cancel=token)
