@@ -2,7 +2,7 @@
 
 Efros & Freeman's image quilting (SIGGRAPH 2001), per class: for every class of the target
 map a canvas is quilted, block by block in raster order, from source blocks that lie (almost)
-inside that class of the source; each block is chosen among random candidates by how well it
+inside that class of the source, each randomly mirrored; each block is chosen among random candidates by how well it
 matches what is already laid down in the overlap, and joined to it along the minimum-error
 boundary cut. The class canvases are then composed by the target map with a narrow Gaussian
 feather at class borders. Pure numpy/scipy; seeded by the caller's generator.
@@ -18,10 +18,11 @@ from scipy import ndimage as ndi
 
 __all__ = ["class_plate", "block_candidates", "quilt", "compose_classes", "block_positions"]
 
-#: a source block counts as inside a class when at least this fraction of its pixels is that class
-INSIDE_FRACTION = 0.9
-#: fewer inside blocks than this: the blocks with the largest fraction of the class are used instead
-MIN_CANDIDATES = 16
+#: a source block counts as inside a class when at least this fraction of its pixels is that class;
+#: with too few such blocks the next, looser fraction is tried (the plate fills the rest)
+INSIDE_FRACTIONS = (0.9, 0.75, 0.5)
+#: at least this many candidate blocks are wanted (else the blocks with the largest fraction are used)
+MIN_CANDIDATES = 64
 
 
 def class_plate(image: np.ndarray, member: np.ndarray) -> np.ndarray:
@@ -52,11 +53,12 @@ def _block_sums(values: np.ndarray, block: int) -> np.ndarray:
 def block_candidates(member: np.ndarray, block: int) -> np.ndarray:
     """Top-left corners ``(n, 2)`` of source blocks inside ``member`` (or the best it has)."""
     frac = _block_sums(np.asarray(member, np.float64), block) / (block * block)
-    inside = np.argwhere(frac >= INSIDE_FRACTION)
-    if len(inside) >= MIN_CANDIDATES:
-        return inside
+    for fraction in INSIDE_FRACTIONS:
+        inside = np.argwhere(frac >= fraction)
+        if len(inside) >= MIN_CANDIDATES:
+            return inside
     order = np.argsort(-frac, axis=None, kind="stable")
-    best = order[: max(MIN_CANDIDATES, len(inside))]
+    best = order[:MIN_CANDIDATES]
     best = best[frac.ravel()[best] > 0]
     return np.column_stack(np.unravel_index(best, frac.shape))
 
@@ -119,6 +121,11 @@ def quilt(plate: np.ndarray, candidates: np.ndarray, region: np.ndarray, *, bloc
                 continue
             pick = candidates[rng.choice(len(candidates), size=k, replace=False)] if k < len(candidates) else candidates
             blocks = windows[:, pick[:, 0], pick[:, 1]]  # (3, k, block, block)
+            # each candidate randomly mirrored: 4x the variety of a small class region (no transposes:
+            # they turn oriented fibres across and weave them)
+            flips = rng.integers(2, size=(2, len(pick))).astype(bool)
+            blocks = np.where(flips[0][None, :, None, None], blocks[..., ::-1], blocks)
+            blocks = np.where(flips[1][None, :, None, None], blocks[..., ::-1, :], blocks)
             old = out[y:y + block, x:x + block]
             ov = filled[y:y + block, x:x + block]
             if ov.any():
