@@ -334,12 +334,15 @@ def example_images(folder):
     """The documentation's pictures: NuCLS sample (CC0) nuclei and the IHC sample's tissue, mask | source | outputs."""
     from pathlib import Path
 
-    from skimage.io import imsave
-
     from napari_histogen.core.exemplar import exemplar_transfer
     from napari_histogen.core.masks import NucleiMask, TissueMask
     from napari_histogen.core.render import hstack_panels, render_labels
     from napari_histogen.core.sample import ihc_sample, nucls_sample
+
+    from PIL import Image
+
+    def imsave(path, array, **_):  # 256-colour PNGs: a third of the bytes, for the documentation
+        Image.fromarray(array).quantize(colors=256).save(path, optimize=True)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
