@@ -208,6 +208,9 @@ def exemplar_transfer(source_image: np.ndarray, target: NucleiMask | TissueMask,
     rng = np.random.default_rng(int(seed))
     notes: list[str] = []
     nuclei_target = isinstance(target, NucleiMask)
+    # the target as each kind (one of them None), for the type checker
+    nuclei_t = target if isinstance(target, NucleiMask) else None
+    tissue_t = target if isinstance(target, TissueMask) else None
     src_mask = source_nuclei if nuclei_target else source_tissue
     mpp = source_mpp or (src_mask.mpp if src_mask is not None else None)
     image, src_nuclei, src_tissue, factor = _to_target_scale(np.asarray(source_image), source_nuclei, source_tissue,
@@ -237,7 +240,8 @@ def exemplar_transfer(source_image: np.ndarray, target: NucleiMask | TissueMask,
             member = src_tissue.labels == c
             if not member.any():
                 member = np.ones(image.shape[:2], bool)  # fallback: the whole source
-            region = target.labels == c
+            assert tissue_t is not None
+            region = tissue_t.labels == c
             if len(_target_ids(target)) > 1:
                 region = ndi.binary_dilation(region, iterations=reach)
             plan[c] = (member, region)
@@ -250,7 +254,7 @@ def exemplar_transfer(source_image: np.ndarray, target: NucleiMask | TissueMask,
             notes.append(f"Target classes not in the source mask: {names}; those regions were quilted from the "
                          "whole source image.")
 
-    targets = nucleus_shapes(target.instances, target.classes) if nuclei_target else []
+    targets = nucleus_shapes(nuclei_t.instances, nuclei_t.classes) if nuclei_t is not None else []
     n_blocks = 0
     step = max(1, block - overlap)
     for _member, region in plan.values():
@@ -277,7 +281,7 @@ def exemplar_transfer(source_image: np.ndarray, target: NucleiMask | TissueMask,
                               tolerance=settings.tolerance, rng=rng, tick=tick)
         canvases[c] = canvas
         blocks_laid += stats.blocks
-    labels = target.labels if not nuclei_target else np.zeros((h, w), np.int64)
+    labels = tissue_t.labels if tissue_t is not None else np.zeros((h, w), np.int64)
     out = compose_classes(canvases, labels, settings.feather_px)
     chosen: dict[int, int] = {}
     if nuclei_target:
@@ -287,7 +291,8 @@ def exemplar_transfer(source_image: np.ndarray, target: NucleiMask | TissueMask,
         pools: dict[int, list] = {}
         for s in sources:
             pools.setdefault(s.cls, []).append(s)
-        chosen = paste_all(out, target.instances, targets, image.astype(np.float32), pools, sources,
+        assert nuclei_t is not None
+        chosen = paste_all(out, nuclei_t.instances, targets, image.astype(np.float32), pools, sources,
                            ring_px=int(settings.ring_px), choices=int(settings.nucleus_choices), rng=rng, tick=tick)
     if progress is not None:
         progress(total, total)
