@@ -232,8 +232,8 @@ def add_nasdm_parser(engines) -> None:
     p.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
     p.add_argument("--mask-batch", type=positive_int, default=None,
                    help="masks of a folder sampled together, their samples sharing network batches of --batch-size "
-                        "(the same images); default on CUDA batch-size // n, on CPU 1 (one mask at a time: larger "
-                        "batches are not faster there)")
+                        "(the same images); default batch-size // n (one network batch full), except pixel models on "
+                        "CPU: 1")
     p.add_argument("--tile", action="store_true",
                    help="cut masks larger than the model's patch into independent tiles (naive tiling, seams "
                         "show; without it a large mask is one seamless canvas of overlapping tiles)")
