@@ -45,6 +45,8 @@ def test_opening_and_running_the_nasdm_dock_never_freezes(make_napari_viewer, ti
     inst[3:10, 3:10], inst[12:18, 15:24] = 1, 2
     data, kwargs, _ = _layers.nuclei_layer_data(NucleiMask.create(inst, {1: 3, 2: 2}, "consep", mpp=0.5), "mask")
     viewer.add_labels(data, **kwargs)
+    viewer.add_image(np.zeros((8, 8), np.float32), name="bystander")  # alive at the run's end, removed later
+    viewer.layers.selection.active = viewer.layers["mask"]
     widget.steps_spin.setValue(40)
     widget.samples_spin.setValue(3)
     widget.device_combo.setCurrentText("cpu")
@@ -53,6 +55,22 @@ def test_opening_and_running_the_nasdm_dock_never_freezes(make_napari_viewer, ti
     assert len(widget.results.layers()) == 4  # the run really happened: 3 images + their outline layer
     assert ran["worst_ms"] < WORST_GAP_MS, ran
     assert ran["ticks"] > 10
+
+    # the run took what was alive out of the collector's passes; removing a layer gives it back
+    import gc
+    import weakref
+
+    assert gc.get_freeze_count() > 0
+    bystander = weakref.ref(viewer.layers["bystander"])
+    viewer.layers.remove("bystander")
+    assert gc.get_freeze_count() == 0
+    from qtpy.QtCore import QEvent
+
+    for _ in range(3):  # napari's Qt side lets go of the layer once its controls are deleted (deferred)
+        qapp.processEvents()
+        qapp.sendPostedEvents(None, QEvent.DeferredDelete)
+        gc.collect()
+    assert bystander() is None  # the removed layer is collected, not held by the freeze
 
 
 def test_runs_leave_the_gui_thread_a_core():

@@ -16,7 +16,9 @@ one core fewer than the machine has (so the GUI thread keeps a core), and result
 added one per event-loop turn. The worker loads torch's shared libraries itself before the
 first ``import torch`` (:func:`preload_torch_libraries`): Python's import holds the
 interpreter lock while the dynamic loader maps libtorch (0.3 s here), which froze the GUI
-thread for as long.
+thread for as long. After a model load and after each run the worker takes the objects
+alive then out of the garbage collector's passes (:func:`freeze_long_lived_objects`), and
+the docks give them back when a layer is removed or the models are released.
 
 Workers return ``("done" | "cancelled" | "failed", value)`` instead of raising: napari 0.9's
 task-status hook on ``errored`` itself raises in the event loop.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import importlib.util
 import logging
 import os
@@ -58,7 +61,7 @@ from ._layout import Foldable, make_scrollable
 from ._results import ResultLayers
 
 __all__ = ["ProgressRelay", "BackgroundRunMixin", "EngineDock", "DEVICES", "gui_friendly_threads",
-           "preload_torch_libraries"]
+           "preload_torch_libraries", "freeze_long_lived_objects", "thaw_collector"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -121,9 +124,30 @@ def preload_torch_libraries() -> list[str]:
     return loaded
 
 
+def freeze_long_lived_objects() -> None:
+    """Take every object alive now out of the garbage collector's passes (``gc.freeze``).
+
+    Called in the worker after a model load and after a run. With torch, the sampler
+    library and a model imported, a full collector pass walks 0.5 M objects and holds
+    Python's lock 0.3-1 s here, freezing the GUI whichever thread it runs in
+    (``benchmarks/gui_latency.py`` lists the passes); frozen objects are skipped. Objects that
+    are alive now and later become unreachable reference cycles (a napari layer removed by
+    the user) are only collected after :func:`thaw_collector`, which every engine dock calls
+    when a layer is removed and when it releases its models.
+    """
+    gc.freeze()
+
+
+def thaw_collector(*_args) -> None:
+    """Give the frozen objects back to the garbage collector (its next full pass walks them again)."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+
+
 def _release(cache: EngineCache, *_args) -> None:
     """Free a dock's models (module level: connected to ``destroyed``, it must not hold the dock)."""
     cache.release()
+    thaw_collector()
 
 
 class ProgressRelay(QObject):
@@ -223,6 +247,8 @@ class EngineDock(BackgroundRunMixin, QWidget):
         self._init_runner()
         # the last word when Qt deletes the dock (e.g. with the viewer's window)
         self.destroyed.connect(functools.partial(_release, self.engines))
+        # a removed layer frozen by freeze_long_lived_objects must be collectable again
+        napari_viewer.layers.events.removed.connect(thaw_collector)
 
     @property
     def running(self) -> bool:
@@ -335,6 +361,7 @@ class EngineDock(BackgroundRunMixin, QWidget):
             self.status.setText("A run is using the model: cancel it or wait, then unload.")
             return 0
         n = self.engines.release()
+        thaw_collector()
         self.status.setText("Model unloaded; it loads again on the next run." if n else "No model is loaded.")
         return n
 
@@ -421,10 +448,20 @@ class EngineDock(BackgroundRunMixin, QWidget):
             try:
                 if announce:
                     relay.progress.emit(0, 0)  # busy bar while the model loads (first run only)
-                preload_torch_libraries()
-                loaded = cache.get(name, model, device=device)
+                collecting = gc.isenabled()
+                if collecting:  # no passes over the heap while the first load's imports grow it
+                    gc.disable()
+                try:
+                    preload_torch_libraries()
+                    loaded = cache.get(name, model, device=device)
+                finally:
+                    if collecting:
+                        gc.enable()
+                freeze_long_lived_objects()
                 with gui_friendly_threads():
-                    return "done", loaded.run(request, progress=relay.progress.emit, cancel=token)
+                    results = loaded.run(request, progress=relay.progress.emit, cancel=token)
+                freeze_long_lived_objects()
+                return "done", results
             except Cancelled:
                 return "cancelled", None
             except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
@@ -455,6 +492,7 @@ class EngineDock(BackgroundRunMixin, QWidget):
     def _release_models(self) -> None:
         self.cancel()
         self.engines.release()
+        thaw_collector()
 
     def closeEvent(self, event):  # noqa: N802 - Qt API
         self._release_models()
