@@ -247,8 +247,8 @@ def add_nasdm_parser(engines) -> None:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="synthesize only shard I of N of the masks (one per process or GPU, same --out); then "
                         "`histogen merge-shards OUT` checks completeness")
-    add_device_options(p, precision_help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (CUDA, and CPUs with "
-                                         "native bf16 such as AMX, where it is faster), fp16 (CUDA)")
+    add_device_options(p, precision_help="auto (bf16 on CUDA and on CPUs with native bf16 such as AMX, else "
+                                         "fp32), fp32, bf16, fp16 (CUDA)")
     p.add_argument("--compile", nargs="?", const="default", default=None,
                    choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile the denoiser (reduce-overhead: CUDA graphs, CUDA only); on CPU compiling "

@@ -55,8 +55,9 @@ def autocast_dtype(device, precision: str = "auto", *, allow_cpu_bf16: bool = Fa
     """The autocast dtype for ``precision`` on ``device`` (None = plain fp32).
 
     ``auto`` is bf16 on GPUs that support it, else fp16 on CUDA, and fp32 on CPU. With
-    ``allow_cpu_bf16`` (callers that measured bf16 inference on CPU: NASDM sampling) an
-    explicit ``bf16`` is accepted on a CPU with native bf16 (:func:`cpu_bf16_supported`).
+    ``allow_cpu_bf16`` (callers whose bf16 inference on CPU was measured faster at the same
+    quality: NASDM sampling, docs/performance.md) ``bf16`` runs on a CPU with native bf16
+    (:func:`cpu_bf16_supported`), and ``auto`` picks it there.
     """
     import torch
 
@@ -67,7 +68,7 @@ def autocast_dtype(device, precision: str = "auto", *, allow_cpu_bf16: bool = Fa
         return None
     if device.type != "cuda":
         if precision == "auto":
-            return None
+            return torch.bfloat16 if allow_cpu_bf16 and cpu_bf16_supported() else None
         if precision == "bf16" and allow_cpu_bf16:
             if not cpu_bf16_supported():
                 raise HistogenInputError("This CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 is slower "
