@@ -19,9 +19,9 @@ def cmd_synthesize_cosyn(args) -> int:
     import numpy as np
     from skimage.io import imsave
 
-    from .core.cosyn.pointfiles import collect_point_files, read_point_layout
     from .core.engines.cosyn import CosynEngine, CosynRequest
     from .core.errors import HistogenInputError
+    from .core.io.points import collect_point_files, read_point_layout
     from .core.io.synthesis import write_synthesis_pair
 
     files = collect_point_files(args.points)

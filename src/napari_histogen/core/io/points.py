@@ -36,7 +36,7 @@ def collect_point_files(path) -> list[Path]:
 
 def read_point_layout(path, scheme) -> tuple[np.ndarray, np.ndarray]:
     """``(points (N, 2) row/col, classes (N,))`` from a CSV or GeoJSON point file, classes in ``scheme``."""
-    from ..io.pairs import read_points_csv
+    from .pairs import read_points_csv
 
     path = Path(path)
     scheme = get_scheme(scheme)
