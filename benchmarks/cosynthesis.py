@@ -27,7 +27,7 @@ model's 40x (256 px); point fidelity and label-image agreement only (research da
 
 Run::
 
-    /tmp/heavy env PYTHONPATH=src .venv/bin/python benchmarks/cosynthesis.py \
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/cosynthesis.py \
         --data ../shared/data/consep_patches256 --model runs/cosyn/model --n 40 --out runs/cosyn_bench
 """
 

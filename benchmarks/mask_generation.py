@@ -22,7 +22,7 @@ against the real validation H&E patches, at 20x as ``benchmarks/nasdm_quality.py
 
 Run (one thread; about 10 minutes with --kid on this project's CPU)::
 
-    /tmp/heavy env PYTHONPATH=src .venv/bin/python benchmarks/mask_generation.py \
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/mask_generation.py \
         --model runs/maskgen/model --data ../shared/data/consep_patches256 --kid --out mask-generation
 """
 
