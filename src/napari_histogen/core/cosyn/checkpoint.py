@@ -8,7 +8,6 @@ its class ids, the scale (µm/px), the TAEF2 latent statistics and the training 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptFileError, HistogenInputError
-from ..nasdm.checkpoint import file_sha256
+from ..nasdm.checkpoint import file_sha256, read_model_json, write_model_files
 from ..schemes import ClassScheme
 from .model import CosynConfig, CosynNet
 
@@ -75,28 +74,8 @@ def find_cosyn_files(path) -> tuple[Path, Path]:
 
 def save_cosyn(net, config: CosynModelConfig, path, *, dtype=None) -> Path:
     """Write ``path`` (.safetensors, atomically) and its .json with the weights' sha256; return the weights path."""
-    from safetensors.torch import save_file
-
-    path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = net.state_dict() if hasattr(net, "state_dict") else dict(net)
-    tensors = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().to("cpu")
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        tensors[name] = tensor.contiguous()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    sha = file_sha256(tmp)
-    tmp.replace(path)
-    meta = config.to_dict()
-    meta["weights"] = {"file": path.name, "sha256": sha, "dtype": str(dtype or torch.float32).replace("torch.", ""),
-                       "bytes": path.stat().st_size}
-    tmp_json = path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(meta, indent=2))
-    tmp_json.replace(path.with_suffix(".json"))
-    return path
+    return write_model_files(net, config.to_dict(), Path(path).with_suffix(".safetensors"), dtype=dtype,
+                             embed_config=False)
 
 
 class CosynModel:
@@ -152,10 +131,7 @@ def load_cosyn(path, *, device="cpu", taef2=None) -> CosynModel:
     from safetensors.torch import load_file
 
     weights, sidecar = find_cosyn_files(path)
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptFileError(f"{sidecar} is not valid JSON ({err}); restore it from the training run.") from None
+    meta = read_model_json(sidecar)
     sha = file_sha256(weights)
     recorded = (meta.get("weights") or {}).get("sha256") if isinstance(meta, dict) else None
     if recorded and recorded != sha:

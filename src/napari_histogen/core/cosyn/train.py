@@ -22,16 +22,14 @@ The batch, timesteps, noise, label noise and condition dropout of a step come fr
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import HistogenInputError
-from ..progress import ProgressCallback, check_cancel
+from ..progress import ProgressCallback
 
 __all__ = ["CosynTrainSettings", "train_cosyn"]
 
@@ -94,14 +92,11 @@ class CosynTrainSettings:
 
     def check(self) -> None:
         from ..nasdm.train import check_optimisation_settings
+        from ..nasdm.trainkit import check_latent_window, check_precision
 
         check_optimisation_settings(self)
-        if self.image_size % 8:
-            raise HistogenInputError(f"The patch size must be a multiple of 8 for TAEF2, not {self.image_size}.")
-        if not 1 <= int(self.transforms) <= 8:
-            raise HistogenInputError(f"Transforms must be 1 to 8, not {self.transforms}.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise HistogenInputError(f"Precision must be auto, fp32 or bf16, not {self.precision!r}.")
+        check_latent_window(self)
+        check_precision(self.precision)
         if min(self.lambda_i, self.lambda_d, self.lambda_l, self.label_ce) < 0:
             raise HistogenInputError("Loss weights must not be negative.")
 
@@ -202,36 +197,6 @@ def _training_data(settings: CosynTrainSettings, run_dir: Path, taef2, device, c
                  mean=mean, std=std, labels=labels, distances=dists, points=pts)
 
 
-class _Log:
-    COLUMNS = ["step", "loss", "image", "distance", "label", "label_ce", "lr", "seconds", "patches_per_s"]
-
-    def __init__(self, path: Path, batch_size: int):
-        import csv
-
-        new = not path.is_file()
-        self.file = open(path, "a", newline="")
-        self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(self.COLUMNS)
-        self.batch_size = batch_size
-        self.t_start = self.t_window = time.perf_counter()
-        self.rows: list[list[float]] = []
-
-    def add(self, parts: dict) -> None:
-        self.rows.append([float(parts[k]) for k in ("loss", "image", "distance", "label", "ce")])
-
-    def write(self, step: int, lr: float) -> None:
-        now = time.perf_counter()
-        means = np.mean(self.rows, axis=0)
-        self.writer.writerow([step, *(f"{v:.5f}" for v in means), f"{lr:.3g}", f"{now - self.t_start:.1f}",
-                              f"{len(self.rows) * self.batch_size / max(now - self.t_window, 1e-9):.2f}"])
-        self.file.flush()
-        self.rows, self.t_window = [], now
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = None, cancel=None, log_fn=None,
                 taef2=None):
     """Train (or continue) a co-synthesis model; returns a :class:`~napari_histogen.core.nasdm.train.TrainResult`."""
@@ -240,22 +205,15 @@ def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = No
     from ..devices import describe_device, resolve_device
     from ..latent.taef2 import describe, load_taef2
     from ..latent.train import training_dtype
-    from ..nasdm.train import TrainResult, _check_same_run, _ema_update, _load_state, _save_state, _write_json
-    from ..progress import Cancelled
+    from ..nasdm.trainkit import (LossLog, autocast_context, build_model_pair, open_run, start_or_resume,
+                                  train_loop)
     from .checkpoint import CosynModelConfig, save_cosyn
     from .diffusion import JointDiffusion, default_cosyn_diffusion
     from .model import CosynNet, cosyn_preset
 
     log_fn = log_fn or log.info
-    settings.check()
-    if settings.threads:
-        torch.set_num_threads(int(settings.threads))
-    run_dir = Path(settings.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints" / "last"
-    resuming = (ckpt_dir / "state.json").is_file()
-    if resuming:
-        _check_same_run(run_dir / "run.json", settings, fixed=_FIXED)
+    folder = open_run(settings, _FIXED)
+    run_dir = folder.run_dir
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     taef2 = taef2 if taef2 is not None else load_taef2(device=device)
@@ -267,22 +225,13 @@ def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = No
                                             settings.label_ce, settings.min_snr_gamma)
     diffusion = JointDiffusion(diffusion_cfg, len(class_ids) + 1)
     amp_dtype = training_dtype(settings.precision, device)
-    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model = CosynNet(net_cfg).to(device, memory_format=layout)  # type: ignore[call-overload]
-    ema = CosynNet(net_cfg).to(device, memory_format=layout).requires_grad_(False)  # type: ignore[call-overload]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    model, ema, optimizer, layout = build_model_pair(CosynNet, net_cfg, settings, device)
     model_config = CosynModelConfig(net=net_cfg.to_dict(), diffusion=diffusion_cfg,
                                     scheme=data.patches.scheme.to_dict(), class_ids=class_ids, mpp=settings.mpp,
                                     latent={"autoencoder": describe(), "channels": 32, "downscale": 8,
                                             "mean": data.mean, "std": data.std})
-    step = 0
-    if resuming:
-        step = _load_state(ckpt_dir, model, ema, optimizer, device)
-        log_fn(f"Resuming {run_dir} at step {step}.")
-    else:
-        ema.load_state_dict(model.state_dict())
-        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": data.patches.summary,
-                                           "model": model_config.to_dict(), "parameters": model.n_parameters()})
+    step = start_or_resume(folder, model, ema, optimizer, device, settings=settings,
+                           data_summary=data.patches.summary, model_config=model_config.to_dict(), log_fn=log_fn)
     model_config.training = {"data": Path(settings.data).name, "run": run_dir.name, "windows": len(data.refs),
                              "transforms": len(data.transforms), "batch_size": settings.batch_size,
                              "lr": settings.lr, "cond_drop": settings.cond_drop, "ema_decay": settings.ema_decay,
@@ -295,66 +244,28 @@ def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = No
            f"{describe_device(device)}, {'bf16 autocast' if amp_dtype is not None else 'fp32'}")
     model_path = run_dir / "model" / "cosyn.safetensors"
 
-    def save(at_step: int) -> None:
-        _save_state(ckpt_dir, model, ema, optimizer, at_step)
+    def save_model(at_step: int) -> None:
         model_config.training["steps"] = at_step
         save_cosyn(ema, model_config, model_path)
 
-    loss_log = _Log(run_dir / "log.csv", settings.batch_size)
-    grids: list[Path] = []
-    last_loss = None
-    model.train()
-    try:
-        while step < settings.steps:
-            check_cancel(cancel)
-            lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            z0, d0, label0, points, prompt, t, noise_z, noise_d, gen = data.batch(step, settings,
-                                                                                 diffusion.num_timesteps)
-            z0, noise_z = (x.to(device).contiguous(memory_format=layout) for x in (z0, noise_z))
-            with (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                  else nullcontext()):
-                parts = diffusion.training_loss(model, z0, d0.to(device), label0.to(device), t.to(device),
-                                                points.to(device), prompt.to(device), noise_z, noise_d.to(device),
-                                                generator=gen)
-            loss = parts["loss"]
-            if not torch.isfinite(loss):
-                raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower the learning rate, "
-                                         "then resume.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            last_loss = float(loss.detach())
-            loss_log.add({**parts, "loss": last_loss})
-            if step % settings.log_every == 0 or step == settings.steps:
-                loss_log.write(step, lr)
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                save(step)
-            if step % settings.sample_every == 0 or step == settings.steps:
-                grids.append(sample_grid(ema, taef2, model_config, data.patches,
-                                         list(data.patches.val)[:3] or data.refs[:3],
-                                         run_dir / "samples" / f"step_{step:06d}.png", settings))
-                model.train()
-            if progress is not None:
-                progress(step, settings.steps)
-    except Cancelled:
-        log_fn(f"Stopped at step {step}; saving a checkpoint to resume from.")
-        save(step)
-    except KeyboardInterrupt:  # Ctrl+C / SIGINT from a time-boxed job: keep the steps done, then stop
-        log_fn(f"Interrupted at step {step}; saving a checkpoint to resume from.")
-        save(step)
-        raise
-    finally:
-        loss_log.close()
-    if not model_path.is_file():
-        model_config.training["steps"] = step
-        save_cosyn(ema, model_config, model_path)
-    return TrainResult(run_dir=run_dir, model_path=model_path, step=step,
-                       seconds=time.perf_counter() - loss_log.t_start, last_loss=last_loss, sample_grids=grids)
+    def losses(step: int) -> dict:
+        z0, d0, label0, points, prompt, t, noise_z, noise_d, gen = data.batch(step, settings, diffusion.num_timesteps)
+        z0, noise_z = (x.to(device).contiguous(memory_format=layout) for x in (z0, noise_z))
+        with autocast_context(device, amp_dtype):
+            return diffusion.training_loss(model, z0, d0.to(device), label0.to(device), t.to(device),
+                                           points.to(device), prompt.to(device), noise_z, noise_d.to(device),
+                                           generator=gen)
+
+    def sample(step: int) -> Path:
+        return sample_grid(ema, taef2, model_config, data.patches, list(data.patches.val)[:3] or data.refs[:3],
+                           run_dir / "samples" / f"step_{step:06d}.png", settings)
+
+    return train_loop(settings, folder, model, ema, optimizer, step=step, losses=losses,
+                      log_values=lambda loss, terms: (loss, *(terms[k] for k in ("image", "distance", "label", "ce"))),
+                      loss_log=LossLog(run_dir / "log.csv", settings.batch_size,
+                                       ("loss", "image", "distance", "label", "label_ce")),
+                      save_model=save_model, model_path=model_path, sample=sample, progress=progress, cancel=cancel,
+                      log_fn=log_fn, save_on_interrupt=True)
 
 
 def label_rgb(label: np.ndarray) -> np.ndarray:

@@ -15,18 +15,15 @@ The batch of a step, its timesteps, noise, transforms and condition dropout come
 
 from __future__ import annotations
 
-import csv
 import logging
-import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import HistogenInputError
-from ..progress import ProgressCallback, check_cancel
+from ..progress import ProgressCallback
 
 __all__ = ["LatentTrainSettings", "train_latent_nasdm"]
 
@@ -103,14 +100,11 @@ class LatentTrainSettings:
 
     def check(self) -> None:
         from ..nasdm.train import check_optimisation_settings
+        from ..nasdm.trainkit import check_latent_window, check_precision
 
         check_optimisation_settings(self)
-        if self.image_size % 8:
-            raise HistogenInputError(f"The patch size must be a multiple of 8 for TAEF2, not {self.image_size}.")
-        if not 1 <= int(self.transforms) <= 8:
-            raise HistogenInputError(f"Transforms must be 1 to 8, not {self.transforms}.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise HistogenInputError(f"Precision must be auto, fp32 or bf16, not {self.precision!r}.")
+        check_latent_window(self)
+        check_precision(self.precision)
 
 
 #: The order in which dihedral transforms are used: the first four form a group (identity,
@@ -228,36 +222,6 @@ def _training_record(settings: LatentTrainSettings, run_dir: Path, data: _Traini
             "sampler": "dpmpp", "default_steps": 20, "default_guidance": settings.sample_guidance}
 
 
-class _LossLog:
-    """``log.csv``: one row every ``log_every`` steps with the window's mean losses and speed."""
-
-    def __init__(self, path: Path, batch_size: int):
-        new = not path.is_file()
-        self.file = open(path, "a", newline="")
-        self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(["step", "loss", "mse", "lr", "seconds", "patches_per_s"])
-        self.batch_size = batch_size
-        self.t_start = self.t_window = time.perf_counter()
-        self.loss: list[float] = []
-        self.mse: list[float] = []
-
-    def add(self, loss: float, mse: float) -> None:
-        self.loss.append(loss)
-        self.mse.append(mse)
-
-    def write(self, step: int, lr: float) -> None:
-        now = time.perf_counter()
-        self.writer.writerow([step, f"{np.mean(self.loss):.5f}", f"{np.mean(self.mse):.5f}", f"{lr:.3g}",
-                              f"{now - self.t_start:.1f}",
-                              f"{len(self.loss) * self.batch_size / max(now - self.t_window, 1e-9):.2f}"])
-        self.file.flush()
-        self.loss, self.mse, self.t_window = [], [], now
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallback = None, cancel=None,
                        log_fn=None):
     """Train (or continue) a latent NASDM model; returns the nasdm ``TrainResult``.
@@ -269,22 +233,15 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
     from ..devices import describe_device, resolve_device
     from ..nasdm.checkpoint import NasdmModelConfig, save_nasdm
     from ..nasdm.condition import condition_channels
-    from ..nasdm.train import TrainResult, _check_same_run, _ema_update, _load_state, _save_state, _write_json
-    from ..progress import Cancelled
+    from ..nasdm.trainkit import (LossLog, autocast_context, build_model_pair, open_run, start_or_resume,
+                                  train_loop)
     from .diffusion import LatentDiffusion, default_diffusion
     from .model import LatentNasdmNet, latent_preset
     from .taef2 import describe, load_taef2
 
     log_fn = log_fn or log.info
-    settings.check()
-    if settings.threads:
-        torch.set_num_threads(int(settings.threads))
-    run_dir = Path(settings.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints" / "last"
-    resuming = (ckpt_dir / "state.json").is_file()
-    if resuming:
-        _check_same_run(run_dir / "run.json", settings, fixed=_FIXED)
+    folder = open_run(settings, _FIXED)
+    run_dir = folder.run_dir
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     taef2 = load_taef2(device=device)
@@ -295,82 +252,38 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
     diffusion_cfg = default_diffusion(settings.prediction, settings.min_snr_gamma)
     diffusion = LatentDiffusion(diffusion_cfg)
     amp_dtype = training_dtype(settings.precision, device)
-    # channels-last lets oneDNN's (bf16/AMX) convolutions run without layout conversions
-    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model = LatentNasdmNet(net_cfg).to(device, memory_format=layout)  # type: ignore[call-overload]
-    ema = LatentNasdmNet(net_cfg).to(device, memory_format=layout).requires_grad_(False)  # type: ignore[call-overload]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    model, ema, optimizer, layout = build_model_pair(LatentNasdmNet, net_cfg, settings, device)
     latent_info = {"autoencoder": describe(), "channels": 32, "downscale": 8, "mean": data.mean, "std": data.std}
     model_config = NasdmModelConfig(unet=net_cfg.to_dict(), diffusion=diffusion_cfg,
                                     scheme=data.patches.scheme.to_dict(), class_ids=data.class_ids, mpp=settings.mpp,
                                     family="latent", latent=latent_info)
-    step = 0
-    if resuming:
-        step = _load_state(ckpt_dir, model, ema, optimizer, device)
-        log_fn(f"Resuming {run_dir} at step {step}.")
-    else:
-        ema.load_state_dict(model.state_dict())
-        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": data.patches.summary,
-                                           "model": model_config.to_dict(), "parameters": model.n_parameters()})
+    step = start_or_resume(folder, model, ema, optimizer, device, settings=settings,
+                           data_summary=data.patches.summary, model_config=model_config.to_dict(), log_fn=log_fn)
     model_config.training = _training_record(settings, run_dir, data, device, amp_dtype)
     log_fn(f"{model.n_parameters() / 1e6:.2f} M parameters, {len(data.refs)} training windows x "
            f"{len(data.transforms)} transforms, {len(data.patches.val)} validation windows, classes "
            f"{data.class_ids}, {describe_device(device)}, {'bf16 autocast' if amp_dtype is not None else 'fp32'}")
-
-    def save(at_step: int) -> None:
-        _save_state(ckpt_dir, model, ema, optimizer, at_step)
-        model_config.training["steps"] = at_step
-        save_nasdm(ema, model_config, run_dir / "model" / "nasdm.safetensors")
-
-    loss_log = _LossLog(run_dir / "log.csv", settings.batch_size)
-    grids: list[Path] = []
-    last_loss = None
-    model.train()
-    try:
-        while step < settings.steps:
-            check_cancel(cancel)
-            lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            z0, cond, t, noise = data.batch(step, settings, diffusion.num_timesteps)
-            z0, noise = (x.to(device).contiguous(memory_format=layout) for x in (z0, noise))
-            with (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                  else nullcontext()):
-                losses = diffusion.training_loss(model, z0, t.to(device), cond.to(device), noise)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower the learning "
-                                         "rate, then resume.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            last_loss = float(loss.detach())
-            loss_log.add(last_loss, float(losses["mse"].mean()))
-            if step % settings.log_every == 0 or step == settings.steps:
-                loss_log.write(step, lr)
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                save(step)
-            if step % settings.sample_every == 0 or step == settings.steps:
-                grids.append(_sample_grid(ema, taef2, data.patches, list(data.patches.val)[:4] or data.refs[:4],
-                                          model_config, run_dir / "samples" / f"step_{step:06d}.png", settings,
-                                          device))
-                model.train()
-            if progress is not None:
-                progress(step, settings.steps)
-    except Cancelled:
-        log_fn(f"Stopped at step {step}; saving a checkpoint to resume from.")
-        save(step)
-    finally:
-        loss_log.close()
     model_path = run_dir / "model" / "nasdm.safetensors"
-    if not model_path.is_file():
-        model_config.training["steps"] = step
+
+    def save_model(at_step: int) -> None:
+        model_config.training["steps"] = at_step
         save_nasdm(ema, model_config, model_path)
-    return TrainResult(run_dir=run_dir, model_path=model_path, step=step,
-                       seconds=time.perf_counter() - loss_log.t_start, last_loss=last_loss, sample_grids=grids)
+
+    def losses(step: int) -> dict:
+        z0, cond, t, noise = data.batch(step, settings, diffusion.num_timesteps)
+        z0, noise = (x.to(device).contiguous(memory_format=layout) for x in (z0, noise))
+        with autocast_context(device, amp_dtype):
+            return diffusion.training_loss(model, z0, t.to(device), cond.to(device), noise)
+
+    def sample(step: int) -> Path:
+        return _sample_grid(ema, taef2, data.patches, list(data.patches.val)[:4] or data.refs[:4], model_config,
+                            run_dir / "samples" / f"step_{step:06d}.png", settings, device)
+
+    return train_loop(settings, folder, model, ema, optimizer, step=step, losses=losses,
+                      log_values=lambda loss, terms: (loss, float(terms["mse"].mean())),
+                      loss_log=LossLog(run_dir / "log.csv", settings.batch_size, ("loss", "mse")),
+                      save_model=save_model, model_path=model_path, sample=sample, progress=progress, cancel=cancel,
+                      log_fn=log_fn)
 
 
 def _sample_grid(ema, taef2, patches, refs, model_config, path: Path, settings: LatentTrainSettings,

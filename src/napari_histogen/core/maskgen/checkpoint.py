@@ -7,13 +7,12 @@ of the weights, which :func:`load_maskgen` checks.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError, HistogenInputError
-from ..nasdm.checkpoint import file_sha256
+from ..nasdm.checkpoint import file_sha256, read_model_json, write_model_files
 from ..schemes import ClassScheme
 
 __all__ = ["MaskGenConfig", "LoadedMaskGen", "save_maskgen", "load_maskgen", "find_maskgen_files", "FAMILY"]
@@ -91,31 +90,10 @@ def find_maskgen_files(path) -> tuple[Path, Path]:
 
 def save_maskgen(model, config: MaskGenConfig, path, *, dtype=None) -> Path:
     """Write ``path`` (.safetensors) and its .json (with the weights' sha256); return the weights path."""
-    import torch
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
-    tensors = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().to("cpu")
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        tensors[name] = tensor.contiguous()
-    meta = config.to_dict()
-    tmp = path.with_name(path.name + ".tmp")  # a crash mid-write never leaves a truncated model
-    save_file(tensors, str(tmp), metadata={"napari_histogen": json.dumps(meta)})
-    sha = file_sha256(tmp)
-    tmp.replace(path)
-    meta["weights"] = {"file": path.name, "sha256": sha, "dtype": str(dtype or torch.float32).replace("torch.", ""),
-                       "bytes": path.stat().st_size}
-    tmp_json = path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(meta, indent=2))
-    tmp_json.replace(path.with_suffix(".json"))
-    return path
+    return write_model_files(model, config.to_dict(), path, dtype=dtype)
 
 
 def load_maskgen(path, *, device="cpu", expected_sha256: str | None = None) -> LoadedMaskGen:
@@ -133,10 +111,7 @@ def load_maskgen(path, *, device="cpu", expected_sha256: str | None = None) -> L
     from .model import MaskGenNet, MaskGenNetConfig
 
     weights, sidecar = find_maskgen_files(path)
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptFileError(f"{sidecar} is not valid JSON ({err}); restore it from the training run.") from None
+    meta = read_model_json(sidecar)
     config = MaskGenConfig.from_dict(meta, source=sidecar.name)
     sha = file_sha256(weights)
     recorded = (meta.get("weights") or {}).get("sha256")

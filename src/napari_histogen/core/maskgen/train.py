@@ -24,16 +24,14 @@ The batch of a step, its crops, transforms, timesteps, noise and condition dropo
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import HistogenInputError
-from ..progress import ProgressCallback, check_cancel
+from ..progress import ProgressCallback
 
 __all__ = ["MaskGenTrainSettings", "train_maskgen", "MIN_TYPE_PIXELS", "GRID_TYPE_SETS"]
 
@@ -111,6 +109,7 @@ class MaskGenTrainSettings:
 
     def check(self) -> None:
         from ..nasdm.train import check_optimisation_settings
+        from ..nasdm.trainkit import check_precision
 
         check_optimisation_settings(self)
         down = 2 ** (len(self.block_out_channels) - 1)
@@ -119,8 +118,7 @@ class MaskGenTrainSettings:
         if not down <= self.crop <= self.image_size or self.crop % down:
             raise HistogenInputError(f"The crop must be a multiple of {down} between {down} and the window size "
                                      f"{self.image_size}, not {self.crop}.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise HistogenInputError(f"Precision must be auto, fp32 or bf16, not {self.precision!r}.")
+        check_precision(self.precision)
         if self.mpp <= 0:
             raise HistogenInputError(f"Microns per pixel must be positive, not {self.mpp}.")
 
@@ -185,24 +183,17 @@ def train_maskgen(settings: MaskGenTrainSettings, *, progress: ProgressCallback 
     import torch
 
     from ..devices import describe_device, resolve_device
-    from ..latent.train import _LossLog, training_dtype
-    from ..nasdm.train import TrainResult, _check_same_run, _ema_update, _load_state, _save_state, _write_json
-    from ..progress import Cancelled
+    from ..latent.train import training_dtype
+    from ..nasdm.trainkit import (LossLog, autocast_context, build_model_pair, open_run, start_or_resume,
+                                  train_loop)
     from .checkpoint import MaskGenConfig, save_maskgen
     from .diffusion import MaskDiffusion, default_diffusion
     from .model import MaskGenNet, MaskGenNetConfig
     from .target import n_channels
 
     log_fn = log_fn or log.info
-    settings.check()
-    if settings.threads:
-        torch.set_num_threads(int(settings.threads))
-    run_dir = Path(settings.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints" / "last"
-    resuming = (ckpt_dir / "state.json").is_file()
-    if resuming:
-        _check_same_run(run_dir / "run.json", settings, fixed=_FIXED)
+    folder = open_run(settings, _FIXED)
+    run_dir = folder.run_dir
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     patches = read_windows(settings, log_fn)
@@ -218,20 +209,11 @@ def train_maskgen(settings: MaskGenTrainSettings, *, progress: ProgressCallback 
     diffusion_cfg = default_diffusion(settings.min_snr_gamma)
     diffusion = MaskDiffusion(diffusion_cfg)
     amp_dtype = training_dtype(settings.precision, device)
-    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model = MaskGenNet(net_cfg).to(device, memory_format=layout)  # type: ignore[call-overload]
-    ema = MaskGenNet(net_cfg).to(device, memory_format=layout).requires_grad_(False)  # type: ignore[call-overload]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    model, ema, optimizer, layout = build_model_pair(MaskGenNet, net_cfg, settings, device)
     config = MaskGenConfig(net=net_cfg.to_dict(), diffusion=diffusion_cfg, scheme=patches.scheme.to_dict(),
                            class_ids=class_ids, mpp=float(settings.mpp), image_size=int(settings.image_size))
-    step = 0
-    if resuming:
-        step = _load_state(ckpt_dir, model, ema, optimizer, device)
-        log_fn(f"Resuming {run_dir} at step {step}.")
-    else:
-        ema.load_state_dict(model.state_dict())
-        _write_json(run_dir / "run.json", {"settings": asdict(settings), "data": patches.summary,
-                                           "model": config.to_dict(), "parameters": model.n_parameters()})
+    step = start_or_resume(folder, model, ema, optimizer, device, settings=settings, data_summary=patches.summary,
+                           model_config=config.to_dict(), log_fn=log_fn)
     config.training = {"data": settings.data, "run": run_dir.name, "data_summary": patches.summary,
                        "device": describe_device(device), "batch_size": settings.batch_size, "lr": settings.lr,
                        "crop": settings.crop, "cond_drop": settings.cond_drop, "ema_decay": settings.ema_decay,
@@ -242,60 +224,27 @@ def train_maskgen(settings: MaskGenTrainSettings, *, progress: ProgressCallback 
            f"validation windows, classes {class_ids}, {describe_device(device)}, "
            f"{'bf16 autocast' if amp_dtype is not None else 'fp32'}")
     val_refs = list(patches.val)
-
-    def save(at_step: int) -> None:
-        _save_state(ckpt_dir, model, ema, optimizer, at_step)
-        config.training["steps"] = at_step
-        save_maskgen(ema, config, run_dir / "model" / "maskgen.safetensors")
-
-    loss_log = _LossLog(run_dir / "log.csv", settings.batch_size)
-    grids: list[Path] = []
-    last_loss = None
-    model.train()
-    try:
-        while step < settings.steps:
-            check_cancel(cancel)
-            lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x0, y, t, noise = training_batch(stack, step, settings, diffusion.num_timesteps, len(class_ids))
-            x0, noise = (v.to(device).contiguous(memory_format=layout) for v in (x0, noise))
-            with (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                  else nullcontext()):
-                losses = diffusion.training_loss(model, x0, t.to(device), y.to(device), noise)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise HistogenInputError(f"The loss became {loss.item()} at step {step}; lower the learning "
-                                         "rate, then resume.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            _ema_update(ema, model, min(settings.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            last_loss = float(loss.detach())
-            loss_log.add(last_loss, float(losses["mse"].mean()))
-            if step % settings.log_every == 0 or step == settings.steps:
-                loss_log.write(step, lr)
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                save(step)
-            if step % settings.sample_every == 0 or step == settings.steps:
-                grids.append(sample_grid(ema.eval(), config, patches, val_refs,
-                                         run_dir / "samples" / f"step_{step:06d}.png", settings))
-                model.train()
-            if progress is not None:
-                progress(step, settings.steps)
-    except Cancelled:
-        log_fn(f"Stopped at step {step}; saving a checkpoint to resume from.")
-        save(step)
-    finally:
-        loss_log.close()
     model_path = run_dir / "model" / "maskgen.safetensors"
-    if not model_path.is_file():
-        config.training["steps"] = step
+
+    def save_model(at_step: int) -> None:
+        config.training["steps"] = at_step
         save_maskgen(ema, config, model_path)
-    return TrainResult(run_dir=run_dir, model_path=model_path, step=step,
-                       seconds=time.perf_counter() - loss_log.t_start, last_loss=last_loss, sample_grids=grids)
+
+    def losses(step: int) -> dict:
+        x0, y, t, noise = training_batch(stack, step, settings, diffusion.num_timesteps, len(class_ids))
+        x0, noise = (v.to(device).contiguous(memory_format=layout) for v in (x0, noise))
+        with autocast_context(device, amp_dtype):
+            return diffusion.training_loss(model, x0, t.to(device), y.to(device), noise)
+
+    def sample(step: int) -> Path:
+        return sample_grid(ema.eval(), config, patches, val_refs, run_dir / "samples" / f"step_{step:06d}.png",
+                           settings)
+
+    return train_loop(settings, folder, model, ema, optimizer, step=step, losses=losses,
+                      log_values=lambda loss, terms: (loss, float(terms["mse"].mean())),
+                      loss_log=LossLog(run_dir / "log.csv", settings.batch_size, ("loss", "mse")),
+                      save_model=save_model, model_path=model_path, sample=sample, progress=progress, cancel=cancel,
+                      log_fn=log_fn)
 
 
 def sample_grid(model, config, patches, val_refs, path: Path, settings: MaskGenTrainSettings, *,

@@ -24,7 +24,7 @@ from ..errors import CorruptFileError, HistogenInputError
 from ..schemes import ClassScheme
 
 __all__ = ["NasdmModelConfig", "LoadedNasdm", "save_nasdm", "load_nasdm", "file_sha256", "find_model_files",
-           "FORMAT"]
+           "write_model_files", "read_model_json", "FORMAT"]
 
 FORMAT = "napari-histogen/nasdm"
 FORMAT_VERSION = 1
@@ -158,12 +158,33 @@ def save_nasdm(model, config: NasdmModelConfig, path, *, dtype=None) -> Path:
     dtype : torch.dtype, optional
         Store floating-point weights in this dtype (e.g. ``torch.float16``).
     """
-    import torch
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
+    return write_model_files(model, config.to_dict(), path, dtype=dtype)
+
+
+def write_model_files(model, meta: dict, path: Path, *, dtype=None, embed_config: bool = True) -> Path:
+    """Write the weights ``path`` (.safetensors) and the JSON ``meta`` next to it, with their sha256.
+
+    The shared writer of the NASDM family's model files (NASDM, mask generation, co-synthesis).
+
+    Parameters
+    ----------
+    model : torch.nn.Module or dict
+        The network (or a state dict).
+    meta : dict
+        The config; written as the .json with a ``"weights"`` entry (file, sha256, dtype, bytes) added.
+    path : Path
+        The weights file, ending in ``.safetensors``.
+    dtype : torch.dtype, optional
+        Store floating-point weights in this dtype.
+    embed_config : bool
+        Also put ``meta`` (without ``"weights"``) in the safetensors metadata.
+    """
+    import torch
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
     tensors = {}
@@ -172,10 +193,10 @@ def save_nasdm(model, config: NasdmModelConfig, path, *, dtype=None) -> Path:
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         tensors[name] = tensor.contiguous()
-    meta = config.to_dict()
+    meta = dict(meta)
     # Write to a temporary name first: a crash mid-write never leaves a truncated model.
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"napari_histogen": json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={"napari_histogen": json.dumps(meta)} if embed_config else None)
     sha = file_sha256(tmp)
     tmp.replace(path)
     meta["weights"] = {"file": path.name, "sha256": sha, "dtype": str(dtype or torch.float32).replace("torch.", ""),
@@ -184,6 +205,14 @@ def save_nasdm(model, config: NasdmModelConfig, path, *, dtype=None) -> Path:
     tmp_json.write_text(json.dumps(meta, indent=2))
     tmp_json.replace(path.with_suffix(".json"))
     return path
+
+
+def read_model_json(sidecar: Path):
+    """The parsed .json of a model file; :class:`CorruptFileError` when it is not valid JSON."""
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{sidecar} is not valid JSON ({err}); restore it from the training run.") from None
 
 
 def load_nasdm(path, *, device="cpu", expected_sha256: str | None = None) -> LoadedNasdm:
@@ -205,10 +234,7 @@ def load_nasdm(path, *, device="cpu", expected_sha256: str | None = None) -> Loa
     checked = False
     meta = None
     if sidecar is not None:
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CorruptFileError(f"{sidecar} is not valid JSON ({err}); restore it from the training run.") from None
+        meta = read_model_json(sidecar)
         recorded = (meta.get("weights") or {}).get("sha256") if isinstance(meta, dict) else None
         if recorded:
             if recorded != sha:
