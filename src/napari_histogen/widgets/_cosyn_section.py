@@ -2,7 +2,7 @@
 
 One core call behind the button: :class:`~napari_histogen.core.engines.cosyn.CosynEngine`'s
 ``run`` on a :class:`~napari_histogen.core.engines.cosyn.CosynRequest` built from the selected
-point layout, in a background worker (:class:`._runner.BackgroundRunMixin`), with progress and
+point layout, in a background worker (:class:`._runner.SectionRunMixin`), with progress and
 Cancel. The results come back as an image layer, an editable nuclei mask layer (the classes of
 the points) and a hidden distance-map layer, each with the run's provenance. The procedural
 "Points → nuclei" grower above stays the no-model option.
@@ -17,23 +17,19 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QLabel,
     QLineEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
-    QVBoxLayout,
 )
 
 from .. import _layers
 from ..core.engines.base import EngineCache, request_defaults
 from ..core.errors import HistogenInputError
-from ..core.progress import CancelToken, Cancelled
-from ._guard import guarded, notify_info
-from ._runner import BackgroundRunMixin, gui_friendly_threads
+from ._guard import guarded
+from ._runner import SectionRunMixin
 
 __all__ = ["CosynSection", "add_cosyn_section"]
 
 
-class CosynSection(BackgroundRunMixin, QGroupBox):
+class CosynSection(SectionRunMixin, QGroupBox):
     """The "Co-synthesis" group of the annotate dock (``host``: the :class:`~.annotate.AnnotateWidget`)."""
 
     RUN_TITLE = "Co-synthesis"
@@ -69,24 +65,8 @@ class CosynSection(BackgroundRunMixin, QGroupBox):
         grid.addWidget(self.guidance_spin, 1, 3)
         grid.addWidget(QLabel("seed"), 2, 0)
         grid.addWidget(self.seed_spin, 2, 1)
-        self.run_btn = QPushButton("Co-synthesize")
-        self.run_btn.setToolTip("Generate an H&E image, its typed nuclei mask and a distance map from the selected "
-                                "point layout (one nucleus per point)")
-        self.run_btn.clicked.connect(lambda: self.run())
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        grid.addWidget(self.run_btn, 3, 0, 1, 2)
-        grid.addWidget(self.cancel_btn, 3, 2, 1, 2)
-        self.progress_bar = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        box = QVBoxLayout(self)
-        box.addLayout(grid)
-        box.addWidget(self.progress_bar)
-        box.addWidget(self.status)
-        self._init_runner()
-        self.destroyed.connect(lambda *_a, cache=self.engines: cache.release())
+        self._add_section_run_controls(grid, 3, "Co-synthesize", "Generate an H&E image, its typed nuclei mask and "
+                                       "a distance map from the selected point layout (one nucleus per point)")
 
     def request(self):
         """The request for the host's selected point layout (shape and µm/px as "Points → nuclei" takes them)."""
@@ -105,40 +85,13 @@ class CosynSection(BackgroundRunMixin, QGroupBox):
     @guarded
     def run(self):
         """Start co-synthesis in the background; the result layers are added when it finishes."""
-        from napari.qt.threading import create_worker
-
         if self.running:
             raise HistogenInputError("Co-synthesis is already running; wait for it or press Cancel.")
         request, layer = self.request()
-        request.check()
-        model = self.model_edit.text().strip() or "default"
-        self._cancel = token = CancelToken()
-        relay, cache = self._relay, self.engines
+        return self._start_section_run("cosyn", request, context=layer,
+                                       status=f"Co-synthesizing from '{layer.name}' ({len(request.points)} points)…")
 
-        def work():
-            try:
-                engine = cache.get("cosyn", model, device="auto")
-                with gui_friendly_threads():
-                    return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
-            except Cancelled:
-                return "cancelled", None
-            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
-                return "failed", err
-
-        self._worker = worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda outcome, _l=layer: self._on_returned(outcome, _l),
-            "errored": self._on_error, "finished": self._on_worker_done})
-        self._set_running(True)
-        self.status.setText(f"Co-synthesizing from '{layer.name}' ({len(request.points)} points)…")
-        worker.start()
-        return worker
-
-    def _on_finished(self, results, points_layer) -> None:
-        if results is None:
-            self.status.setText("Cancelled; nothing was added.")
-            notify_info("Co-synthesis cancelled; nothing was added.")
-            return
-        self.last_results = list(results)
+    def _add_results(self, results, points_layer) -> None:
         for res in results:
             name = f"{points_layer.name} → cosyn s{res.seed}"
             self.host._add(_layers.image_layer_data(res.image, name, mpp=res.mask.mpp, provenance=res.provenance))

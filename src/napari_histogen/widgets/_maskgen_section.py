@@ -2,7 +2,7 @@
 
 One core call behind the button: :class:`~napari_histogen.core.engines.maskgen.MaskGenEngine`'s
 ``run`` on a :class:`~napari_histogen.core.engines.maskgen.MaskGenRequest` built from the
-ticked types, count, seed and scale, in a background worker (:class:`._runner.BackgroundRunMixin`),
+ticked types, count, seed and scale, in a background worker (:class:`._runner.SectionRunMixin`),
 with progress and Cancel. Each mask comes back as a nuclei Labels layer the annotate dock
 edits like a painted one (classes, palette, reclassify), ready for the NASDM dock.
 """
@@ -17,19 +17,14 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
-    QVBoxLayout,
 )
 
 from .. import _layers
 from ..core.engines.base import EngineCache, request_defaults
-from ..core.errors import HistogenInputError
-from ..core.progress import CancelToken, Cancelled
 from ..core.schemes import get_scheme
-from ._guard import guarded, notify_info
-from ._runner import BackgroundRunMixin, gui_friendly_threads
+from ._guard import guarded
+from ._runner import SectionRunMixin
 
 __all__ = ["MaskGenSection", "add_maskgen_section"]
 
@@ -37,7 +32,7 @@ __all__ = ["MaskGenSection", "add_maskgen_section"]
 DEFAULT_MPP = 0.25
 
 
-class MaskGenSection(BackgroundRunMixin, QGroupBox):
+class MaskGenSection(SectionRunMixin, QGroupBox):
     """The "Generate mask" group of the annotate dock (``host``: the :class:`~.annotate.AnnotateWidget`)."""
 
     RUN_TITLE = "Mask generation"
@@ -91,24 +86,8 @@ class MaskGenSection(BackgroundRunMixin, QGroupBox):
         grid.addWidget(self.steps_spin, 3, 1)
         grid.addWidget(QLabel("µm/px"), 3, 2)
         grid.addWidget(self.mpp_spin, 3, 3)
-        self.run_btn = QPushButton("Generate mask")
-        self.run_btn.setToolTip("Draw nuclei masks containing the ticked types (none ticked: any) and add them as "
-                                "editable nuclei layers")
-        self.run_btn.clicked.connect(lambda: self.run())
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        grid.addWidget(self.run_btn, 4, 0, 1, 2)
-        grid.addWidget(self.cancel_btn, 4, 2, 1, 2)
-        self.progress_bar = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        box = QVBoxLayout(self)
-        box.addLayout(grid)
-        box.addWidget(self.progress_bar)
-        box.addWidget(self.status)
-        self._init_runner()
-        self.destroyed.connect(lambda *_a, cache=self.engines: cache.release())
+        self._add_section_run_controls(grid, 4, "Generate mask", "Draw nuclei masks containing the ticked types "
+                                       "(none ticked: any) and add them as editable nuclei layers")
 
     def request(self):
         """The request of the form: ticked types, count, seed, steps, scale."""
@@ -121,41 +100,12 @@ class MaskGenSection(BackgroundRunMixin, QGroupBox):
     @guarded
     def run(self):
         """Start mask generation in the background; the mask layers are added when it finishes."""
-        from napari.qt.threading import create_worker
-
-        if self.running:
-            raise HistogenInputError("Mask generation is already running; wait for it or press Cancel.")
         request = self.request()
-        request.check()
-        model = self.model_edit.text().strip() or "default"
-        self._cancel = token = CancelToken()
-        relay, cache = self._relay, self.engines
-
-        def work():
-            try:
-                engine = cache.get("maskgen", model, device="auto")
-                with gui_friendly_threads():
-                    return "done", engine.run(request, progress=relay.progress.emit, cancel=token)
-            except Cancelled:
-                return "cancelled", None
-            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
-                return "failed", err
-
-        self._worker = worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda outcome: self._on_returned(outcome, request),
-            "errored": self._on_error, "finished": self._on_worker_done})
-        self._set_running(True)
         wanted = ", ".join(request.types) or "any types"
-        self.status.setText(f"Generating {request.n_samples} mask(s) with {wanted}…")
-        worker.start()
-        return worker
+        return self._start_section_run("maskgen", request, context=request,
+                                       status=f"Generating {request.n_samples} mask(s) with {wanted}…")
 
-    def _on_finished(self, results, request) -> None:
-        if results is None:
-            self.status.setText("Cancelled; nothing was added.")
-            notify_info("Mask generation cancelled; nothing was added.")
-            return
-        self.last_results = list(results)
+    def _add_results(self, results, request) -> None:
         label = "+".join(request.types) or "any"
         for res in results:
             self.host._add(_layers.nuclei_layer_data(res.mask, f"generated {label} s{res.seed}",

@@ -60,7 +60,7 @@ from . import _guard
 from ._layout import Foldable, make_scrollable
 from ._results import ResultLayers
 
-__all__ = ["ProgressRelay", "BackgroundRunMixin", "EngineDock", "DEVICES", "gui_friendly_threads",
+__all__ = ["ProgressRelay", "BackgroundRunMixin", "SectionRunMixin", "EngineDock", "DEVICES", "gui_friendly_threads",
            "preload_torch_libraries", "freeze_long_lived_objects", "thaw_collector"]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -217,6 +217,76 @@ class BackgroundRunMixin:
             self._on_error(value)
         else:
             self._on_finished(value, context)
+
+
+class SectionRunMixin(BackgroundRunMixin):
+    """A section of a dock (a ``QGroupBox``) with its own engine run: Run/Cancel, progress and status.
+
+    The section holds ``self.engines`` (an :class:`EngineCache`, released when Qt deletes the
+    section) and ``self.model_edit`` (the model name or path), builds its form in a
+    ``QGridLayout``, calls :meth:`_add_section_run_controls`, starts a run with
+    :meth:`_start_section_run` and implements ``_add_results(results, context)``.
+    """
+
+    def _add_section_run_controls(self, grid, row: int, run_text: str, run_tip: str) -> None:
+        """Run and Cancel on ``row`` of ``grid``; the section's layout: ``grid``, the progress bar, the status."""
+        self.run_btn = QPushButton(run_text)
+        self.run_btn.setToolTip(run_tip)
+        self.run_btn.clicked.connect(lambda: self.run())
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        grid.addWidget(self.run_btn, row, 0, 1, 2)
+        grid.addWidget(self.cancel_btn, row, 2, 1, 2)
+        self.progress_bar = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        box = QVBoxLayout(self)
+        box.addLayout(grid)
+        box.addWidget(self.progress_bar)
+        box.addWidget(self.status)
+        self._init_runner()
+        self.destroyed.connect(lambda *_a, cache=self.engines: cache.release())
+
+    def _start_section_run(self, engine: str, request, *, context, status: str):
+        """Check ``request`` and run it with the ``engine`` model named in ``self.model_edit``, in a worker."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise HistogenInputError(f"{self.RUN_TITLE} is already running; wait for it or press Cancel.")
+        request.check()
+        model = self.model_edit.text().strip() or "default"
+        self._cancel = token = CancelToken()
+        relay, cache = self._relay, self.engines
+
+        def work():
+            try:
+                loaded = cache.get(engine, model, device="auto")
+                with gui_friendly_threads():
+                    return "done", loaded.run(request, progress=relay.progress.emit, cancel=token)
+            except Cancelled:
+                return "cancelled", None
+            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
+                return "failed", err
+
+        self._worker = worker = create_worker(work, _start_thread=False, _connect={
+            "returned": lambda outcome, _c=context: self._on_returned(outcome, _c),
+            "errored": self._on_error, "finished": self._on_worker_done})
+        self._set_running(True)
+        self.status.setText(status)
+        worker.start()
+        return worker
+
+    def _on_finished(self, results, context) -> None:
+        if results is None:
+            self.status.setText("Cancelled; nothing was added.")
+            _guard.notify_info(f"{self.RUN_TITLE} cancelled; nothing was added.")
+            return
+        self.last_results = list(results)
+        self._add_results(results, context)
+
+    def _add_results(self, results, context) -> None:
+        raise NotImplementedError
 
 
 class EngineDock(BackgroundRunMixin, QWidget):
