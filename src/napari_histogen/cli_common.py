@@ -81,6 +81,26 @@ def eprint(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def print_trained(result) -> None:
+    """Print where a finished training run (a :class:`~napari_histogen.core.nasdm.train.TrainResult`) put its outputs."""
+    print(f"Trained to step {result.step} in {result.seconds:.0f} s (last loss {result.last_loss}).")
+    print(f"  model        {result.model_path}")
+    for grid in result.sample_grids[-1:]:
+        print(f"  sample grid  {grid}")
+    print(f"  log          {result.run_dir / 'log.csv'}")
+
+
+def run_training(train, settings) -> int:
+    """``train(settings, progress=..., log_fn=eprint)`` with a progress bar, then :func:`print_trained`; exit code 0."""
+    bar = ProgressBar("training", "step")
+    try:
+        result = train(settings, progress=bar, log_fn=eprint)
+    finally:
+        bar.close()
+    print_trained(result)
+    return 0
+
+
 def add_device_options(parser, *, precision_help: str = "auto (bf16 on CUDA), fp32, bf16, fp16") -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", help=precision_help)

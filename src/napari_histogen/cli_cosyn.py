@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, out_dir_arg, positive_int, seed_int
+from .cli_common import (ProgressBar, add_device_options, defaults_of, eprint, out_dir_arg, positive_int, run_training,
+                         seed_int)
 
 __all__ = ["add_cosyn_parser", "add_cosyn_train_parser", "cmd_synthesize_cosyn", "cmd_train_cosyn"]
 
@@ -112,17 +113,7 @@ def cmd_train_cosyn(args) -> int:
         transforms=args.transforms, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
         device=args.device, seed=args.seed, threads=args.threads,
         precision=args.precision if args.precision in ("auto", "fp32", "bf16") else "auto")
-    bar = ProgressBar("training", "step")
-    try:
-        result = train_cosyn(settings, progress=bar, log_fn=eprint)
-    finally:
-        bar.close()
-    print(f"Trained to step {result.step} in {result.seconds:.0f} s (last loss {result.last_loss}).")
-    print(f"  model        {result.model_path}")
-    for grid in result.sample_grids[-1:]:
-        print(f"  sample grid  {grid}")
-    print(f"  log          {result.run_dir / 'log.csv'}")
-    return 0
+    return run_training(train_cosyn, settings)
 
 
 def add_cosyn_train_parser(engines) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_common import ProgressBar, eprint, out_dir_arg, positive_float, positive_int, seed_int
+from .cli_common import ProgressBar, out_dir_arg, positive_float, positive_int, run_training, seed_int
 
 __all__ = ["add_generate_parser", "add_train_maskgen_parser", "cmd_generate", "cmd_train_maskgen"]
 
@@ -83,17 +83,7 @@ def cmd_train_maskgen(args) -> int:
         lr=args.lr, cond_drop=args.cond_drop, ema_decay=args.ema, min_tissue=args.min_tissue,
         val_fraction=args.val_fraction, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
         device=args.device, seed=args.seed, threads=args.threads, precision=args.precision)
-    bar = ProgressBar("training", "step")
-    try:
-        result = train_maskgen(settings, progress=bar, log_fn=eprint)
-    finally:
-        bar.close()
-    print(f"Trained to step {result.step} in {result.seconds:.0f} s (last loss {result.last_loss}).")
-    print(f"  model        {result.model_path}")
-    for grid in result.sample_grids[-1:]:
-        print(f"  sample grid  {grid}")
-    print(f"  log          {result.run_dir / 'log.csv'}")
-    return 0
+    return run_training(train_maskgen, settings)
 
 
 def add_train_maskgen_parser(engines) -> None:

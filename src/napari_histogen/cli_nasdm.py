@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_common import ProgressBar, add_device_options, defaults_of, eprint, nonneg_int, out_dir_arg, positive_int, report_batch, seed_int
+from .cli_common import (ProgressBar, add_device_options, defaults_of, eprint, nonneg_int, out_dir_arg, positive_int,
+                         print_trained, report_batch, seed_int)
 
 __all__ = ["add_train_parser", "add_nasdm_parser", "add_merge_parser", "cmd_synthesize_nasdm", "cmd_train_nasdm",
            "cmd_merge_shards"]
@@ -90,15 +91,7 @@ def _train_process(settings, family: str) -> None:
         if bar is not None:
             bar.close()
     if main:
-        _print_trained(result)
-
-
-def _print_trained(result) -> None:
-    print(f"Trained to step {result.step} in {result.seconds:.0f} s (last loss {result.last_loss}).")
-    print(f"  model        {result.model_path}")
-    for grid in result.sample_grids[-1:]:
-        print(f"  sample grid  {grid}")
-    print(f"  log          {result.run_dir / 'log.csv'}")
+        print_trained(result)
 
 
 def cmd_synthesize_nasdm(args) -> int:
