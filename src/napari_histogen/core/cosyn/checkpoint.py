@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CorruptFileError, HistogenInputError
-from ..nasdm.checkpoint import file_sha256, read_model_json, write_model_files
+from ..errors import HistogenInputError
+from ..nasdm.checkpoint import file_sha256, read_model_json, read_weights, write_model_files
 from ..schemes import ClassScheme
 from .model import CosynConfig, CosynNet
 
@@ -127,9 +127,6 @@ class CosynModel:
 
 def load_cosyn(path, *, device="cpu", taef2=None) -> CosynModel:
     """Load a co-synthesis model for sampling (eval mode, float32 on ``device``); sha256 checked."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights, sidecar = find_cosyn_files(path)
     meta = read_model_json(sidecar)
     sha = file_sha256(weights)
@@ -139,10 +136,7 @@ def load_cosyn(path, *, device="cpu", taef2=None) -> CosynModel:
                                  "were changed or damaged. Copy the model again.")
     config = CosynModelConfig.from_dict(meta, source=str(sidecar))
     net = CosynNet(config.net_config())
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{weights} is not a readable safetensors file ({err}).") from None
+    state, _ = read_weights(weights)
     try:
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as err:

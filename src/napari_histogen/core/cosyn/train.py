@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import HistogenInputError
+from ..latent.train import _TrainingLatents
 from ..progress import ProgressCallback
 
 __all__ = ["CosynTrainSettings", "train_cosyn"]
@@ -106,34 +106,21 @@ _FIXED = ("size", "image_size", "mpp", "data", "fmt", "overlap", "min_tissue", "
 
 
 @dataclass
-class _Data:
-    patches: Any
-    refs: list
-    stack: Any        # (n_transforms * n_windows, C, h, w) fp16 latents
-    transforms: list
-    mean: list
-    std: list
-    labels: np.ndarray     # (n_windows, H, W) uint8
-    distances: np.ndarray  # (n_windows, H, W) float16
-    points: np.ndarray     # (n_windows, H, W) uint8 class index at centroids
+class _Data(_TrainingLatents):
+    """The latent trainer's windows and latents, with the co-synthesis targets of every window."""
 
-    @property
-    def class_ids(self) -> list:
-        return list(self.patches.class_ids)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))  # (n_windows, H, W) uint8
+    distances: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float16))  # (n_windows, H, W)
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))  # class index at centroids
 
-    def batch(self, step: int, settings: CosynTrainSettings, num_timesteps: int):
+    def batch(self, step: int, settings: CosynTrainSettings, num_timesteps: int):  # type: ignore[override]
         """``(z0, d0, label0, points, prompt, t, noise_z, noise_d, generator)`` of a step."""
         import torch
 
         from ..nasdm.data import dihedral
-        from ..nasdm.train import _batch_indices
 
         n = len(self.refs)
-        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-        idx = _batch_indices(step, settings.batch_size, len(self.stack), settings.seed)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        z0 = (self.stack[idx].float() - mean) / std
+        gen, idx, z0 = self.latents_of_step(step, settings)
         labels, dists, pts = [], [], []
         for i in idx:
             w, k = i % n, self.transforms[i // n]
@@ -173,28 +160,11 @@ def _targets(patches, refs, class_ids):
 
 
 def _training_data(settings: CosynTrainSettings, run_dir: Path, taef2, device, cancel, log_fn) -> _Data:
-    import torch
+    from ..latent.train import _training_latents
 
-    from ..latent.data import encode_all
-    from ..latent.taef2 import TAEF2_SHA256
-    from ..latent.train import TRANSFORM_ORDER, _latent_stats
-    from ..nasdm.data import build_patch_set
-
-    log_fn(f"Reading {settings.data} ...")
-    patches = build_patch_set(settings.data, settings.fmt, target_mpp=settings.mpp, patch_size=settings.image_size,
-                              overlap=settings.overlap, min_tissue=settings.min_tissue,
-                              val_fraction=settings.val_fraction, seed=settings.seed, scheme=settings.scheme,
-                              source_mpp=settings.source_mpp)
-    refs = list(patches.train)
-    if not refs:
-        raise HistogenInputError(f"No training windows in {settings.data}; check the format and the tissue threshold.")
-    latents = encode_all(patches, refs, taef2, TAEF2_SHA256, run_dir / "latents",
-                         transforms=TRANSFORM_ORDER[: int(settings.transforms)], device=device, cancel=cancel,
-                         log_fn=log_fn)
-    mean, std = _latent_stats(latents)
-    labels, dists, pts = _targets(patches, refs, list(patches.class_ids))
-    return _Data(patches=patches, refs=refs, stack=torch.cat([latents[k] for k in latents]), transforms=list(latents),
-                 mean=mean, std=std, labels=labels, distances=dists, points=pts)
+    base = _training_latents(settings, run_dir, taef2, device, cancel, log_fn)
+    labels, dists, pts = _targets(base.patches, base.refs, base.class_ids)
+    return _Data(**vars(base), labels=labels, distances=dists, points=pts)
 
 
 def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = None, cancel=None, log_fn=None,

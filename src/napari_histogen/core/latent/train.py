@@ -157,20 +157,28 @@ class _TrainingLatents:
     def class_ids(self) -> list:
         return list(self.patches.class_ids)
 
+    def latents_of_step(self, step: int, settings):
+        """``(generator, indices, z0)``: the step's generator (from ``(seed, step)``), its stack indices
+        (item ``i``: transform ``i // n`` of window ``i % n``) and their normalised latents."""
+        import torch
+
+        from ..nasdm.train import _batch_indices
+
+        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+        idx = _batch_indices(step, settings.batch_size, len(self.stack), settings.seed)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return gen, idx, (self.stack[idx].float() - mean) / std
+
     def batch(self, step: int, settings: LatentTrainSettings, num_timesteps: int):
         """``(z0, cond, t, noise)`` of a step, drawn from ``(seed, step)`` alone (exact resume)."""
         import torch
 
         from ..nasdm.condition import make_condition
         from ..nasdm.data import dihedral
-        from ..nasdm.train import _batch_indices
 
         n = len(self.refs)
-        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-        idx = _batch_indices(step, settings.batch_size, len(self.stack), settings.seed)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        z0 = (self.stack[idx].float() - mean) / std
+        gen, idx, z0 = self.latents_of_step(step, settings)
         conds = []
         for i in idx:
             _, inst, classes = self.patches.crop(self.refs[i % n])
@@ -184,8 +192,11 @@ class _TrainingLatents:
         return z0, cond, t, noise
 
 
-def _training_latents(settings: LatentTrainSettings, run_dir: Path, taef2, device, cancel, log_fn):
-    """Read the data, cut the windows, encode (or reuse) their latents; see :mod:`.data`."""
+def _training_latents(settings, run_dir: Path, taef2, device, cancel, log_fn) -> _TrainingLatents:
+    """Read the data, cut the windows, encode (or reuse) their latents; see :mod:`.data`.
+
+    ``settings``: a :class:`LatentTrainSettings` or another trainer's settings with the same data fields.
+    """
     import torch
 
     from ..nasdm.data import build_patch_set

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError, HistogenInputError
-from ..nasdm.checkpoint import file_sha256, read_model_json, write_model_files
+from ..nasdm.checkpoint import file_sha256, read_model_json, read_weights, write_model_files
 from ..schemes import ClassScheme
 
 __all__ = ["MaskGenConfig", "LoadedMaskGen", "save_maskgen", "load_maskgen", "find_maskgen_files", "FAMILY"]
@@ -106,8 +106,6 @@ def load_maskgen(path, *, device="cpu", expected_sha256: str | None = None) -> L
     CorruptFileError
         Unreadable safetensors or JSON.
     """
-    from safetensors import SafetensorError, safe_open
-
     from .model import MaskGenNet, MaskGenNetConfig
 
     weights, sidecar = find_maskgen_files(path)
@@ -120,11 +118,7 @@ def load_maskgen(path, *, device="cpu", expected_sha256: str | None = None) -> L
             raise HistogenInputError(f"{weights.name} does not match its recorded sha256 (file {sha[:12]}..., "
                                      f"expected {expected[:12]}...): the weights were changed or damaged. "
                                      "Copy the model again.")
-    try:
-        with safe_open(str(weights), framework="pt") as fh:
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{weights} is not a readable safetensors file ({err}).") from None
+    state, _ = read_weights(weights)
     model = MaskGenNet(MaskGenNetConfig.from_dict(config.net))
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -24,7 +24,7 @@ from ..errors import CorruptFileError, HistogenInputError
 from ..schemes import ClassScheme
 
 __all__ = ["NasdmModelConfig", "LoadedNasdm", "save_nasdm", "load_nasdm", "file_sha256", "find_model_files",
-           "write_model_files", "read_model_json", "FORMAT"]
+           "write_model_files", "read_model_json", "read_weights", "FORMAT"]
 
 FORMAT = "napari-histogen/nasdm"
 FORMAT_VERSION = 1
@@ -215,6 +215,17 @@ def read_model_json(sidecar: Path):
         raise CorruptFileError(f"{sidecar} is not valid JSON ({err}); restore it from the training run.") from None
 
 
+def read_weights(weights: Path) -> tuple[dict, dict]:
+    """``(tensors, metadata)`` of a safetensors file; :class:`CorruptFileError` when it cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{weights} is not a readable safetensors file ({err}).") from None
+
+
 def load_nasdm(path, *, device="cpu", expected_sha256: str | None = None) -> LoadedNasdm:
     """Load a NASDM model for sampling (eval mode, float32 on ``device``).
 
@@ -225,8 +236,6 @@ def load_nasdm(path, *, device="cpu", expected_sha256: str | None = None) -> Loa
     CorruptFileError
         Unreadable safetensors or JSON.
     """
-    from safetensors import SafetensorError, safe_open
-
     from .unet import NasdmUNet, UNetConfig
 
     weights, sidecar = find_model_files(path)
@@ -247,12 +256,7 @@ def load_nasdm(path, *, device="cpu", expected_sha256: str | None = None) -> Loa
             raise HistogenInputError(f"{weights} has sha256 {sha[:12]}..., expected {expected_sha256[:12]}...; "
                                      "the file is damaged or not the expected model. Reinstall or copy it again.")
         checked = True
-    try:
-        with safe_open(str(weights), framework="pt") as fh:
-            file_meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{weights} is not a readable safetensors file ({err}).") from None
+    state, file_meta = read_weights(weights)
     if meta is None:
         try:
             meta = json.loads(file_meta["napari_histogen"])
