@@ -170,9 +170,8 @@ def _training_data(settings: CosynTrainSettings, run_dir: Path, taef2, device, c
 def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = None, cancel=None, log_fn=None,
                 taef2=None):
     """Train (or continue) a co-synthesis model; returns a :class:`~napari_histogen.core.nasdm.train.TrainResult`."""
-    import torch
 
-    from ..devices import describe_device, resolve_device
+    from ..devices import describe_device
     from ..latent.taef2 import describe, load_taef2
     from ..latent.train import training_dtype
     from ..nasdm.trainkit import (LossLog, autocast_context, build_model_pair, open_run, start_or_resume,
@@ -183,9 +182,7 @@ def train_cosyn(settings: CosynTrainSettings, *, progress: ProgressCallback = No
 
     log_fn = log_fn or log.info
     folder = open_run(settings, _FIXED)
-    run_dir = folder.run_dir
-    device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
+    run_dir, device = folder.run_dir, folder.device
     taef2 = taef2 if taef2 is not None else load_taef2(device=device)
     data = _training_data(settings, run_dir, taef2, device, cancel, log_fn)
     class_ids = data.class_ids

@@ -239,9 +239,8 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
 
     ``log_fn`` receives progress messages (default: this module's logger).
     """
-    import torch
 
-    from ..devices import describe_device, resolve_device
+    from ..devices import describe_device
     from ..nasdm.checkpoint import NasdmModelConfig, save_nasdm
     from ..nasdm.condition import condition_channels
     from ..nasdm.trainkit import (LossLog, autocast_context, build_model_pair, open_run, start_or_resume,
@@ -252,9 +251,7 @@ def train_latent_nasdm(settings: LatentTrainSettings, *, progress: ProgressCallb
 
     log_fn = log_fn or log.info
     folder = open_run(settings, _FIXED)
-    run_dir = folder.run_dir
-    device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
+    run_dir, device = folder.run_dir, folder.device
     taef2 = load_taef2(device=device)
     data = _training_latents(settings, run_dir, taef2, device, cancel, log_fn)
 

@@ -180,9 +180,8 @@ def training_batch(stack, step: int, settings: MaskGenTrainSettings, num_timeste
 
 def train_maskgen(settings: MaskGenTrainSettings, *, progress: ProgressCallback = None, cancel=None, log_fn=None):
     """Train (or continue) a mask-generation model; returns the NASDM ``TrainResult`` record."""
-    import torch
 
-    from ..devices import describe_device, resolve_device
+    from ..devices import describe_device
     from ..latent.train import training_dtype
     from ..nasdm.trainkit import (LossLog, autocast_context, build_model_pair, open_run, start_or_resume,
                                   train_loop)
@@ -193,9 +192,7 @@ def train_maskgen(settings: MaskGenTrainSettings, *, progress: ProgressCallback 
 
     log_fn = log_fn or log.info
     folder = open_run(settings, _FIXED)
-    run_dir = folder.run_dir
-    device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
+    run_dir, device = folder.run_dir, folder.device
     patches = read_windows(settings, log_fn)
     refs = list(patches.train)
     if not refs:

@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -45,10 +45,11 @@ def check_latent_window(settings) -> None:
 
 @dataclass
 class RunFolder:
-    """Where a run lives and whether it resumes (``checkpoints/last/state.json`` exists)."""
+    """Where a run lives, whether it resumes (``checkpoints/last/state.json`` exists) and its torch device."""
 
     run_dir: Path
     resuming: bool
+    device: Any = None
 
     @property
     def ckpt_dir(self) -> Path:
@@ -56,13 +57,15 @@ class RunFolder:
 
 
 def open_run(settings, fixed: Sequence[str]) -> RunFolder:
-    """Check the settings, set the thread count, create the run folder and check a resumed run.
+    """Check the settings, set the thread count, create the run folder, check a resumed run, pick the
+    device and seed torch's global generator with ``settings.seed``.
 
     A resumed run must keep the settings named in ``fixed`` (those that fix the model and the
     data).
     """
     import torch
 
+    from ..devices import resolve_device
     from .train import _check_same_run
 
     settings.check()
@@ -73,6 +76,8 @@ def open_run(settings, fixed: Sequence[str]) -> RunFolder:
     folder = RunFolder(run_dir, (run_dir / "checkpoints" / "last" / "state.json").is_file())
     if folder.resuming:
         _check_same_run(run_dir / "run.json", settings, fixed=tuple(fixed))
+    folder.device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
     return folder
 
 
