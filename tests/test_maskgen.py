@@ -212,3 +212,22 @@ def test_cli_generates_masks_then_images_in_every_format(tmp_path, tiny_maskgen,
                  str(tiny_maskgen), "--masks-only"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Unknown nucleus type 'tumour'" in err and len(err.splitlines()) == 1
+
+
+def test_embedded_default_generates_the_requested_types():
+    """The shipped model loads by name (sha256 checked) and draws epithelial-only masks when asked."""
+    from napari_histogen.core.engines.maskgen import MaskGenEngine, MaskGenRequest
+    from napari_histogen.core.models.registry import embedded_maskgen_sha256, list_maskgen_models, resolve_maskgen
+
+    assert "default" in list_maskgen_models()
+    assert embedded_maskgen_sha256("default")
+    engine = MaskGenEngine(resolve_maskgen(None), device="cpu")
+    try:
+        (result,) = engine.run(MaskGenRequest(types=["epithelial"], n_samples=1, seed=3, steps=8))
+    finally:
+        engine.free()
+    mask = result.mask
+    assert isinstance(mask, NucleiMask) and mask.scheme.name == "consep"
+    assert mask.n_nuclei >= 5
+    classes = np.array(list(mask.classes.values()))
+    assert np.mean(classes == 3) >= 0.8  # epithelial, the type asked for
