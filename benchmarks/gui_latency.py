@@ -145,9 +145,9 @@ def run_phase(phase: str, *, samples: int, settle_s: float, model: str | None = 
         time.sleep(0.01)
     holder: dict = {}
     if kind == "open":
-        cls = _dock_class(dock)  # importing the dock's module is part of napari's menu action too
-
         def action():
+            # importing the dock's module is part of napari's menu action too, on the GUI thread
+            cls = _dock_class(dock)
             holder["widget"] = widget = cls(viewer)
             viewer.window.add_dock_widget(widget, name=dock)
 

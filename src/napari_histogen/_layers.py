@@ -11,7 +11,6 @@ class through a per-id colour dict (napari turns it into a ``DirectLabelColormap
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from .core.io.annotated import AnnotatedImage
 from .core.masks import NucleiMask, as_label_image, sync_classes
@@ -63,7 +62,9 @@ def semantic_color_dict(scheme: ClassScheme) -> dict:
     return colors
 
 
-def features_from_classes(classes: dict) -> pd.DataFrame:
+def features_from_classes(classes: dict):
+    import pandas as pd  # here, not at import: pandas costs 0.2 s on the GUI thread when a dock opens
+
     ids = sorted(int(i) for i in classes)
     return pd.DataFrame(
         {"index": np.array(ids, dtype=np.int64), "class": np.array([classes[i] for i in ids], dtype=np.int64)}
@@ -116,6 +117,8 @@ def point_colors(point_classes, scheme: ClassScheme) -> np.ndarray:
 
 
 def points_layer_data(points, point_classes, scheme: ClassScheme, name: str, *, mpp=None, provenance=None, size=None):
+    import pandas as pd
+
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     point_classes = np.asarray(point_classes, dtype=np.int64).reshape(-1)
     default_class = scheme.ids[0]

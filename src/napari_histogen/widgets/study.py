@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 from .. import _layers
 from ..core.errors import HistogenInputError
 from ..core.schemes import get_scheme
-from ..core.study import ReaderSession, create_study, write_report
+from ..core.study import ReaderSession, create_study
 from ._guard import guarded, notify_info
 from ._layout import make_scrollable
 
@@ -520,6 +520,8 @@ class StudyWidget(QWidget):
             raise HistogenInputError("Choose the study key (key.json): only the study owner, who holds it, reports.")
         if not out:
             raise HistogenInputError("Choose a report folder.")
+        from ..core.study import write_report  # pandas + scipy.stats: loaded when a report is made
+
         report = write_report(study, out, key_path=key)
         self.report_text.setPlainText(report.markdown())
         notify_info(f"Report written to {out}: {len(report.files)} files.")

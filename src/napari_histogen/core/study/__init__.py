@@ -11,8 +11,19 @@
 from .answers import Answer, AnswerLog, LogWarning, read_answer_log
 from .create import StudyCreated, create_study
 from .layout import CRITERIA, check_reader_id, default_key_path, find_key_path, key_dir, load_manifest
-from .report import StudyReport, compute_report, load_key, write_report
 from .session import CaseData, ReaderSession, reader_order, reader_progress, resume_index
+
+#: the report's names, imported on first use: the report needs pandas and scipy.stats (0.8 s to
+#: import), which the reader study dock would otherwise load on napari's GUI thread when it opens
+_REPORT_NAMES = ("StudyReport", "compute_report", "load_key", "write_report")
+
+
+def __getattr__(name: str):
+    if name in _REPORT_NAMES:
+        from . import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Answer",
