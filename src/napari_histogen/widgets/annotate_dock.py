@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._cosyn_section import add_cosyn_section
 from ._layout import make_scrollable
 from ._maskgen_section import add_maskgen_section
+from ._runner import thaw_collector
 from .annotate import AnnotateWidget
 
 __all__ = ["AnnotateDock"]
@@ -22,3 +23,5 @@ class AnnotateDock(AnnotateWidget):
         add_cosyn_section(self, self.layout())  # points -> image + nuclei mask (widgets/_cosyn_section.py)
         add_maskgen_section(self, self.layout())  # nucleus types -> nuclei mask (widgets/_maskgen_section.py)
         self.scroll_area = make_scrollable(self)
+        # objects frozen when the docks were imported (widgets/__init__.py) must stay collectable
+        napari_viewer.layers.events.removed.connect(thaw_collector)

@@ -38,6 +38,7 @@ from ..core.schemes import get_scheme
 from ..core.study import ReaderSession, create_study
 from ._guard import guarded, notify_info
 from ._layout import make_scrollable
+from ._runner import thaw_collector
 
 SCORE_KEYS = {str(n): n for n in range(1, 10)} | {"0": 10}
 NEXT_KEYS = ("Right", "Enter")
@@ -53,6 +54,8 @@ class StudyWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
+        # objects frozen when the docks were imported (widgets/__init__.py) must stay collectable
+        napari_viewer.layers.events.removed.connect(thaw_collector)
         self.session: ReaderSession | None = None
         self._score: int | None = None
         self._bound: dict = {}  # key -> what it was bound to before the study opened

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -368,8 +368,20 @@ class TransferWidget(EngineDock):
             return
         relay = self._info_relay
         self._info_busy = True
-        threading.Thread(target=lambda: relay.done.emit(token, _describe_model(spec)),
-                         name="histogen-model-info", daemon=True).start()
+
+        def look_up():
+            text = _describe_model(spec)
+            try:
+                relay.done.emit(token, text)
+            except RuntimeError:  # the dock was closed meanwhile: nobody to tell
+                pass
+
+        def start():
+            threading.Thread(target=look_up, name="histogen-model-info", daemon=True).start()
+
+        # a moment after the dock is drawn: the thread's imports hold Python's lock in stretches,
+        # which would add to the GUI thread's own work of docking the widget
+        QTimer.singleShot(400, start)
 
     def _on_model_info(self, token, text: str) -> None:
         if token is not self._info_token:  # another model was chosen meanwhile
