@@ -54,6 +54,13 @@ class Recorder:
         if fit:
             self.viewer.reset_view()
         self.settle()
+        # a dock adding a result layer holds the window's repaint for one event-loop turn
+        # (widgets/_results.py); a grab in that turn would be blank
+        window = self.viewer.window._qt_window
+        for _ in range(100):
+            if window.updatesEnabled():
+                break
+            self.settle(0.02)
         shot = np.asarray(self.viewer.screenshot(canvas_only=False, flash=False))[..., :3]
         self.frames.append((_captioned(shot, caption), hold_ms))
 
@@ -69,6 +76,12 @@ class Recorder:
             if time.monotonic() - start > timeout_s:
                 raise TimeoutError(f"{self.name}: the run did not finish within {timeout_s:.0f} s")
         return time.monotonic() - start
+
+    def wait_added(self, dock, timeout_s: float = 30.0) -> None:
+        """Wait until ``dock`` has added every result layer it queued."""
+        start = time.monotonic()
+        while dock.results.pending and time.monotonic() - start < timeout_s:
+            self.settle(0.05)
 
     def save(self, out_dir: Path) -> Path:
         from PIL import Image
@@ -286,9 +299,10 @@ def _study_folders(root: Path) -> dict[str, Path]:
 
 
 def record_transfer(out_dir: Path) -> Path:
-    """The transfer dock set up on the IHC sample. Stable Diffusion weights cannot be
-    downloaded where the guide is recorded, so the run ends with the dock's own message
-    saying how to install them (what an offline workstation without them shows)."""
+    """The transfer dock on the IHC sample: the Stable Diffusion method first (its weights cannot
+    be downloaded where the guide is recorded, so that run ends with the dock's own message on
+    how to install them, which an offline workstation without them shows), then the
+    example-based method, which needs no model and makes the patch on the CPU."""
     viewer = _viewer()
     rec = Recorder(viewer, "transfer")
     viewer.open_sample("napari-histogen", "ihc")
@@ -301,6 +315,12 @@ def record_transfer(out_dir: Path) -> Path:
     dock.run()
     rec.wait_for(dock, "Loading Stable Diffusion")
     rec.snap("No Stable Diffusion weights on this machine: the dock says how to install them")
+    dock.method_combo.setCurrentText("example-based (CPU)")
+    rec.snap("method: example-based (CPU) needs no model")
+    dock.run()
+    rec.wait_for(dock, "Example-based transfer on the CPU")
+    rec.wait_added(dock)
+    rec.snap("Four synthetic patches (seeds 0-3) above their masks, beside the target mask")
     path = rec.save(out_dir)
     viewer.close()
     return path

@@ -304,7 +304,7 @@ class NasdmWidget(EngineDock):
         seeds = [r.provenance["parameters"]["seed"] for r in results]
         seed_text = f"s{seeds[0]}" if len(seeds) == 1 else f"s{seeds[0]}-s{seeds[-1]}"
         outline_kwargs = dict(
-            name=f"NASDM {seed_text} of {mask_layer.name} outlines", scale=(mpp, mpp), opacity=0.8,
+            name=f"NASDM {seed_text} of {mask_layer.name} outlines", scale=(mpp, mpp), opacity=0.8, contour=1,
             translate=self.results.cell_origin(mask_layer, cell, row, 1),
             colormap=_layers.class_color_dict(nuclei.classes, nuclei.scheme), visible=self.outline_check.isChecked(),
             metadata={"histogen_outline": True, "histogen": {"kind": "nuclei", "scheme": nuclei.scheme.to_dict(),
@@ -312,12 +312,9 @@ class NasdmWidget(EngineDock):
             features=_layers.features_from_classes(nuclei.classes))
         if units is not None:
             outline_kwargs["units"] = units
-        items.append((outline, self.results.tag(outline_kwargs, mask_layer.name, row), "labels", self._keep_outline))
+        items.append((outline, self.results.tag(outline_kwargs, mask_layer.name, row), "labels",
+                      self.outline_layers.append))
         self.results.add_later(items, on_added)
-
-    def _keep_outline(self, layer) -> None:
-        layer.contour = 1
-        self.outline_layers.append(layer)
 
     def _on_outline_toggled(self, checked: bool) -> None:
         self.outline_layers = [layer for layer in self.outline_layers if layer in self.viewer.layers]
