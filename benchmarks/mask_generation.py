@@ -121,6 +121,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--sampler", default="dpmpp", help="dpmpp (default), ddim or ddpm (the long ancestral chain)")
     parser.add_argument("--max-patches", type=int, default=None)
     parser.add_argument("--kid", action="store_true", help="also the KID of images from generated vs real masks")
     parser.add_argument("--image-model", default="default")
@@ -156,7 +157,7 @@ def main(argv=None):
     for i, vec in enumerate(vectors):
         types = [c for c, v in zip(class_ids, vec) if v]
         res = engine.run(MaskGenRequest(types=types, seed=args.seed + i, steps=args.steps, guidance=args.guidance,
-                                        mpp=MPP))[0]
+                                        mpp=MPP, sampler=args.sampler))[0]
         generated.append(res.mask)
         print(f"\rgenerated {i + 1}/{n}", end="", flush=True)
     gen_seconds = (time.perf_counter() - start) / n
@@ -194,7 +195,7 @@ def main(argv=None):
     single = {}
     for k, cid in enumerate(class_ids):
         res = engine.run(MaskGenRequest(types=[cid], n_samples=4, seed=1000 + 10 * k, steps=args.steps,
-                                        guidance=args.guidance, mpp=MPP))
+                                        guidance=args.guidance, mpp=MPP, sampler=args.sampler))
         shares = [np.mean([v == cid for v in r.mask.classes.values()]) if r.mask.n_nuclei else float("nan")
                   for r in res]
         single[scheme.name_of(cid)] = (float(np.nanmean(shares)), float(np.mean([r.mask.n_nuclei for r in res])))

@@ -130,9 +130,27 @@ def test_engine_outputs_valid_masks_with_provenance_and_is_seeded(tiny_maskgen):
     with pytest.raises(HistogenInputError, match="Unknown nucleus type 'tumour'"):
         engine.run(MaskGenRequest(types=["tumour"], steps=3))
     assert any("Steps must be" in p for p in engine.check(MaskGenRequest(steps=0)))
+    assert any("Unknown sampler 'euler'" in p for p in engine.check(MaskGenRequest(sampler="euler")))
     engine.free()
     with pytest.raises(HistogenInputError, match="freed"):
         engine.run(MaskGenRequest(steps=3))
+
+
+def test_the_long_ancestral_chain_is_seeded_per_mask_and_recorded(tiny_maskgen):
+    """``sampler="ddpm"`` (the reference chain of the few-step check) draws its step noise from
+    each mask's own generator: mask k is the same alone or in a batch."""
+    from napari_histogen.core.engines.base import create_engine
+    from napari_histogen.core.engines.maskgen import MaskGenRequest
+
+    engine = create_engine("maskgen", tiny_maskgen, device="cpu")
+    kw = dict(types=["epithelial"], steps=6, mpp=0.5, sampler="ddpm")
+    pair = engine.run(MaskGenRequest(n_samples=2, seed=5, batch_size=2, **kw))
+    alone = engine.run(MaskGenRequest(n_samples=1, seed=6, **kw))[0]
+    assert pair[1].provenance["parameters"]["sampler"] == "ddpm"
+    assert alone.mask.n_nuclei > 0 and np.array_equal(alone.mask.instances, pair[1].mask.instances)
+    ode = engine.run(MaskGenRequest(n_samples=1, seed=6, types=["epithelial"], steps=6, mpp=0.5))[0]
+    assert ode.provenance["parameters"]["sampler"] == "dpmpp"
+    engine.free()
 
 
 def test_damaged_weights_are_refused(tmp_path):

@@ -79,7 +79,10 @@ class MaskGenRequest(EngineRequest):
     n_samples : int
         Masks to draw; mask ``k`` uses seed ``seed + k``.
     steps : int or None
-        DPM-Solver++ steps; None = the model's recommendation.
+        Sampling steps; None = the model's recommendation.
+    sampler : {"dpmpp", "ddim", "ddpm"}
+        DPM-Solver++ (the default, few steps), DDIM, or the ancestral DDPM chain (the long
+        reference ``benchmarks/mask_generation.py --sampler ddpm --steps 250`` compares with).
     guidance : float or None
         Classifier-free guidance ``s`` in ``out(y) + s (out(y) - out(null))``; None = the
         model's recommendation.
@@ -97,6 +100,7 @@ class MaskGenRequest(EngineRequest):
     guidance: float | None = None
     mpp: float | None = None
     batch_size: int = 8
+    sampler: str = "dpmpp"
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -112,6 +116,10 @@ class MaskGenRequest(EngineRequest):
             out.append(f"Microns per pixel must be between 0.05 and 10, not {self.mpp}.")
         if int(self.batch_size) < 1:
             out.append("Batch size must be at least 1.")
+        from ..maskgen.diffusion import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            out.append(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
         return out
 
 
@@ -228,7 +236,7 @@ class MaskGenEngine:
             gens = [torch.Generator().manual_seed(int(request.seed) + k) for k in batch]
             y = torch.from_numpy(np.tile(vector, (len(batch), 1)))
             out = sample_masks(self.loaded.model, y, self.config.diffusion, size=int(self.config.image_size),
-                               steps=steps, guidance=guidance, generators=gens,
+                               steps=steps, guidance=guidance, sampler=request.sampler, generators=gens,
                                progress=sub_progress(progress, b * steps, len(batches) * steps), cancel=cancel,
                                autocast_dtype=self.autocast_dtype)
             for arr in out.cpu().numpy():
@@ -248,7 +256,7 @@ class MaskGenEngine:
                 model_file=self.loaded.weights_path.name, model_sha256=self.loaded.sha256,
                 model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
                 types=names, type_ids=list(class_ids), type_vector=[float(v) for v in vector],
-                type_vector_classes=list(self.config.class_ids), steps=steps, guidance=guidance, sampler="dpmpp",
+                type_vector_classes=list(self.config.class_ids), steps=steps, guidance=guidance, sampler=request.sampler,
                 seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
                 mask_sha256=array_sha256(mask.instances), mask_shape=list(mask.shape), mpp=out_mpp,
                 model_mpp=self.config.mpp, n_nuclei=mask.n_nuclei, device=describe_device(self.device),

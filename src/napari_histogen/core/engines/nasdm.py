@@ -344,9 +344,6 @@ class NasdmEngine:
         guidance = float(rec["guidance"] if request.guidance is None else request.guidance)
         sampler = str(request.sampler or rec["sampler"])
         request = replace(request, steps=request.steps or rec["steps"], guidance=guidance, sampler=sampler)
-        if getattr(self.config, "family", "pixel") == "pixel" and sampler == "dpmpp":
-            raise HistogenInputError("The DPM-Solver++ sampler is for latent NASDM models; choose ddpm or ddim "
-                                     "for this pixel model.")
         variance = request.variance or rec["variance"]
         assert request.nuclei is not None  # check() refuses a request without a mask
         mask, notes = prepare_mask(request.nuclei, self.config, resample=request.resample)
@@ -466,9 +463,6 @@ class NasdmEngine:
         rec = self.recommended()
         guidance = float(rec["guidance"] if request.guidance is None else request.guidance)
         sampler = str(request.sampler or rec["sampler"])
-        if getattr(self.config, "family", "pixel") == "pixel" and sampler == "dpmpp":
-            raise HistogenInputError("The DPM-Solver++ sampler is for latent NASDM models; choose ddpm or ddim "
-                                     "for this pixel model.")
         steps = int(request.steps or rec["steps"] or default_steps(self.device))
         variance = str(request.variance or rec["variance"])
         return request, (steps, guidance, sampler, variance)

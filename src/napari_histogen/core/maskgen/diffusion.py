@@ -3,7 +3,8 @@
 - Schedule: T = 1000, the cosine schedule (diffusers ``squaredcos_cap_v2``), the usual choice
   for pixel-space data at small resolution (linear betas destroy a 128 px image too early);
 - Prediction: ``v`` with Min-SNR-5 weighted MSE (as the latent NASDM recipe);
-- Sampling: diffusers DPM-Solver++ (2nd order, ``dpmpp``, the default, 25 steps) or DDIM, with
+- Sampling: diffusers DPM-Solver++ (2nd order, ``dpmpp``, the default, 25 steps), DDIM, or the
+  ancestral DDPM chain (``ddpm``, fixed small variance: the long reference chain), with
   classifier-free guidance in the NASDM paper's form ``out(y) + s (out(y) - out(null))``, the
   null condition being the zero type vector; cond and null in one batched forward.
 
@@ -23,7 +24,7 @@ from ..progress import ProgressCallback, check_cancel
 __all__ = ["default_diffusion", "MaskDiffusion", "make_scheduler", "sample_masks", "guided_output", "SAMPLERS",
            "DEFAULT_STEPS", "DEFAULT_GUIDANCE"]
 
-SAMPLERS = ("dpmpp", "ddim")
+SAMPLERS = ("dpmpp", "ddim", "ddpm")
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 1.0
 
@@ -45,7 +46,7 @@ def _common(diffusion: dict) -> dict:
 
 def make_scheduler(sampler: str, diffusion: dict, steps: int):
     """A diffusers scheduler for the model's schedule, set to ``steps`` steps."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     n = int(diffusion["num_timesteps"])
     if not 1 <= int(steps) <= n:
@@ -56,6 +57,8 @@ def make_scheduler(sampler: str, diffusion: dict, steps: int):
                                                 final_sigmas_type="zero", **_common(diffusion))
     elif sampler == "ddim":
         scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **_common(diffusion))
+    elif sampler == "ddpm":
+        scheduler = DDPMScheduler(clip_sample=False, variance_type="fixed_small", **_common(diffusion))
     else:
         raise HistogenInputError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
     scheduler.set_timesteps(int(steps))
@@ -141,7 +144,10 @@ def sample_masks(model, y: torch.Tensor, diffusion: dict, *, size: int, steps: i
             with (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                   else nullcontext()):
                 out = guided_output(model, x, t.to(device), y, float(guidance))
-            x = scheduler.step(out, t, x).prev_sample
+            if sampler == "ddpm":  # the step's noise from each sample's own generator
+                x = scheduler.step(out, t, x, generator=list(generators)).prev_sample
+            else:
+                x = scheduler.step(out, t, x).prev_sample
             if progress is not None:
                 progress(i + 1, len(timesteps))
     return x.clamp(-1, 1)
