@@ -113,7 +113,7 @@ def test_v_target_and_min_snr_weights():
     assert w[0] < 1 and 0 < w[1] < 1
 
 
-@pytest.mark.parametrize("sampler", ["dpmpp", "ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["dpmpp", "ddim", "ddpm", "dpmpp_sde"])
 def test_latent_sampling_is_reproducible_and_batch_independent(sampler):
     torch.manual_seed(0)
     net = LatentNasdmNet(latent_preset("tiny", cond_channels=6, latent_size=4)).eval()

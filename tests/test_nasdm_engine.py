@@ -164,6 +164,12 @@ def test_pixel_dpm_solver_is_deterministic_and_follows_the_ode(engine):
     again = engine.run(NasdmRequest(nuclei=_mask(), steps=4, sampler="dpmpp"))[0]
     assert first.provenance["parameters"]["sampler"] == "dpmpp"
     assert np.array_equal(first.image, again.image)
+    # the SDE variant draws each step's noise from the sample's own generator
+    pair = engine.run(NasdmRequest(nuclei=_mask(), steps=4, sampler="dpmpp_sde", n_samples=2, seed=5, batch_size=2))
+    alone = engine.run(NasdmRequest(nuclei=_mask(), steps=4, sampler="dpmpp_sde", n_samples=1, seed=6))[0]
+    assert np.array_equal(pair[1].image, alone.image) and not np.array_equal(pair[0].image, alone.image)
+    assert not np.array_equal(alone.image, engine.run(NasdmRequest(nuclei=_mask(), steps=4, sampler="dpmpp",
+                                                                   seed=6))[0].image)
 
     diffusion = {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
     alphas_cumprod = make_scheduler("ddim", diffusion, 10).alphas_cumprod.double()

@@ -33,7 +33,7 @@ ENGINE_NAME = "nasdm"
 DEFAULT_STEPS_GPU = 250
 DEFAULT_STEPS_CPU = 75
 #: "ddpm" and "ddim" for pixel models; latent models take "dpmpp" (DPM-Solver++), "ddim", "ddpm"
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SAMPLERS = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
 #: variance of the pixel model's DDPM step; None in a request = the model's recommended one
 VARIANCES = ("learned", "fixed_small")
 #: guidance of pixel models whose record names none (NASDM paper form, eq. 7)
@@ -67,7 +67,7 @@ class NasdmRequest(EngineRequest):
     guidance : float or None
         Classifier-free guidance scale ``s`` in the NASDM paper's form ``eps(y) + s (eps(y) -
         eps(null))`` (the reference code's 1.5 is 0.5 here). None: the model's recommendation.
-    sampler : {"ddpm", "ddim", "dpmpp"} or None
+    sampler : {"ddpm", "ddim", "dpmpp", "dpmpp_sde"} or None
         None: the model's recommendation ("ddpm" for pixel models, "dpmpp" for latent ones).
     variance : {"learned", "fixed_small"} or None
         Variance of the DDPM step; None = the model's recommended one (its training record's

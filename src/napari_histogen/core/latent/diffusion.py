@@ -31,7 +31,7 @@ from ..progress import ProgressCallback, check_cancel
 __all__ = ["LATENT_SAMPLERS", "default_diffusion", "LatentDiffusion", "make_latent_scheduler", "sample_latents",
            "guided_latent_output"]
 
-LATENT_SAMPLERS = ("dpmpp", "ddim", "ddpm")
+LATENT_SAMPLERS = ("dpmpp", "ddim", "ddpm", "dpmpp_sde")
 PREDICTIONS = ("v", "epsilon")
 
 
@@ -102,9 +102,9 @@ def make_latent_scheduler(sampler: str, diffusion: dict, steps: int):
                   beta_start=float(diffusion["beta_start"]), beta_end=float(diffusion["beta_end"]),
                   prediction_type=prediction, timestep_spacing="trailing")
     scheduler: Any
-    if sampler == "dpmpp":
-        scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-                                                final_sigmas_type="zero", **common)
+    if sampler in ("dpmpp", "dpmpp_sde"):
+        scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++" if sampler == "dpmpp" else "sde-dpmsolver++",
+                                                solver_order=2, final_sigmas_type="zero", **common)
     elif sampler == "ddim":
         scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **common)
     elif sampler == "ddpm":
@@ -173,7 +173,7 @@ def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: 
 
             out = canvas_output(denoise, z, cond, tile=tile, overlap=tile_overlap, scale=scale, weight=tile_weight,
                                 tile_batch=tile_batch, cancel=cancel, on_tiles=tiles_done)
-            kwargs = {"generator": list(generators)} if sampler == "ddpm" else {}
+            kwargs = {"generator": list(generators)} if sampler in ("ddpm", "dpmpp_sde") else {}
             z = scheduler.step(out, t, z, **kwargs).prev_sample
             if progress is not None and n_tiles == 1:
                 progress(i + 1, total)
