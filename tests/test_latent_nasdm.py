@@ -132,6 +132,41 @@ def test_latent_sampling_is_reproducible_and_batch_independent(sampler):
     assert len(make_latent_scheduler(sampler, diff, 4).timesteps) == 4
 
 
+def test_latent_sampling_reuses_the_spade_modulation_with_the_same_latents():
+    torch.manual_seed(0)
+    net = LatentNasdmNet(latent_preset("tiny", cond_channels=6, latent_size=4)).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # zero-initialised output layers would make every prediction 0
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    cond = torch.zeros(2, 6, 32, 32)
+    cond[:, 0] = 1
+    cond[1, 0, 8:16, 8:16], cond[1, 2, 8:16, 8:16] = 0, 1
+    diff = default_diffusion()
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
+    calls = []
+    for module in net.unet.modules():
+        if module.__class__.__name__ == "SpadeGroupNorm":
+            module.shared.register_forward_hook(lambda *_: calls.append(1))
+    n_spade = len(net.unet._spade_layers())
+    reused = sample_latents(net, cond, diff, latent_shape=(32, 4, 4), steps=5, guidance=1.0, generators=gens())
+    assert len(calls) == n_spade
+
+    class Wrapped(torch.nn.Module):  # not a NasdmUNet (as a compiled one is not): no reuse
+        def __init__(self, unet):
+            super().__init__()
+            self.inner = unet
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+    net.unet = Wrapped(net.unet)
+    calls.clear()
+    plain = sample_latents(net, cond, diff, latent_shape=(32, 4, 4), steps=5, guidance=1.0, generators=gens())
+    assert len(calls) == 5 * n_spade
+    assert torch.equal(reused, plain)
+
+
 def test_few_step_sampler_lands_near_the_exact_probability_flow_endpoint():
     """Gaussian data has a closed-form denoiser and ODE endpoint: DPM-Solver++ in 20 steps
     must land within 0.1 of it, at least twice as close as DDIM with the same steps."""

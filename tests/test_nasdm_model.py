@@ -217,6 +217,50 @@ def test_respaced_sampling_is_reproducible_from_a_seed():
     assert ddim.shape == (1, 3, 32, 32)
 
 
+class _NoReuse:
+    """Calls the network like the sampler does, but is not a NasdmUNet: no reuse of its SPADE work."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args):
+        return self.model(*args)
+
+
+def _count_spade_calls(model) -> list:
+    calls = []
+    for module in model.modules():
+        if module.__class__.__name__ == "SpadeGroupNorm":
+            module.shared.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("sampler, guidance", [("ddpm", 1.5), ("dpmpp", 0.0)])
+def test_spade_modulation_is_computed_once_per_run_with_the_same_images(sampler, guidance):
+    """The samplers let the SPADE layers reuse their modulation across steps (it depends on the
+    condition only): exactly the same images, the branch run once per layer instead of per step."""
+    model = tiny_model()
+    cond = _cond().expand(2, -1, -1, -1).contiguous()
+    d = GaussianDiffusion().config()
+    n_spade = sum(1 for m in model.modules() if m.__class__.__name__ == "SpadeGroupNorm")
+    calls = _count_spade_calls(model)
+    kw = dict(steps=6, guidance=guidance, sampler=sampler)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
+    reused = sample(model, cond, d, generators=gens(), **kw)
+    assert len(calls) == n_spade
+    calls.clear()
+    plain = sample(_NoReuse(model), cond, d, generators=gens(), **kw)
+    assert len(calls) == 6 * n_spade
+    assert torch.equal(reused, plain)
+    # nothing is kept after the run, and a training step (gradients) never keeps anything
+    assert all(m.kept is None and not m.keep for m in model.modules() if hasattr(m, "kept"))
+    model.train()
+    with model.reuse_condition():
+        out = model(torch.randn(2, 3, 32, 32), torch.tensor([5, 9]), cond)
+        out.mean().backward()
+        assert all(m.kept is None for m in model.modules() if hasattr(m, "kept"))
+
+
 def test_cancel_stops_within_a_step_and_returns_nothing():
     model = tiny_model()
     token = CancelToken()

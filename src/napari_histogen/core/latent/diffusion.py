@@ -19,13 +19,14 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any
 
 import torch
 
 from ..diffusion.tiled import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH, canvas_output, n_canvas_tiles
 from ..errors import HistogenInputError
+from ..nasdm.unet import NasdmUNet
 from ..progress import ProgressCallback, check_cancel
 
 __all__ = ["LATENT_SAMPLERS", "default_diffusion", "LatentDiffusion", "make_latent_scheduler", "sample_latents",
@@ -153,10 +154,13 @@ def sample_latents(model, cond: torch.Tensor, diffusion: dict, *, latent_shape: 
     n_tiles = n_canvas_tiles(latent_shape[1], latent_shape[2], tile, tile_overlap)
     total = len(timesteps) * n_tiles
     scale = cond.shape[-1] // latent_shape[2]
-    with torch.inference_mode():
+    with torch.inference_mode(), ExitStack() as stack:
         # one canvas tile: the condition features do not change between steps, so the condition
-        # encoder runs once (and once for the null condition), not at every step
+        # encoder runs once (and once for the null condition), not at every step, and the
+        # denoiser's SPADE layers compute their modulation of them once
         features = _condition_features(model, cond, guidance, amp) if n_tiles == 1 else None
+        if features is not None and isinstance(model.unet, NasdmUNet):  # not a compiled one
+            stack.enter_context(model.unet.reuse_condition())
         for i, t in enumerate(timesteps):
             check_cancel(cancel)
             t_dev = t.to(device)

@@ -26,15 +26,17 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import torch
 
 from ..diffusion.tiled import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH, canvas_output, n_canvas_tiles
 from ..errors import HistogenInputError
 from ..progress import ProgressCallback, check_cancel
+from .unet import NasdmUNet
 
-__all__ = ["SAMPLERS", "VARIANCES", "make_scheduler", "per_sample_generators", "guided_output", "sample"]
+__all__ = ["SAMPLERS", "VARIANCES", "make_scheduler", "per_sample_generators", "network_condition", "guided_output",
+           "sample"]
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
 #: Variance of the ancestral DDPM step. "learned": the network's interpolation ``v``
@@ -85,18 +87,27 @@ def per_sample_generators(n: int, generators=None) -> list:
     return list(generators)
 
 
-def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+def network_condition(cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """What :func:`guided_output` passes the network: ``cond``, then the null condition when guided."""
+    return cond if guidance == 0 else torch.cat([cond, torch.zeros_like(cond)])
+
+
+def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float, *,
+                  network_cond: torch.Tensor | None = None) -> torch.Tensor:
     """Network output ``[eps, v]`` with classifier-free guidance (one batched forward).
 
     The guidance form is the NASDM paper's eq. 7, ``eps = eps(y) + s (eps(y) - eps(null))``.
     The reference code writes ``eps(null) + s' (eps(y) - eps(null))``, so its ``s' = 1.5``
     is ``s = 0.5`` here. With ``guidance == 0`` only the conditional pass runs.
+    ``network_cond``: :func:`network_condition` of ``cond``, built once by a sampler so that
+    every step passes the network the same tensor (its SPADE layers then reuse their work).
     """
     n = x.shape[0]
     tt = t.expand(n) if t.ndim == 0 else t
+    both = network_condition(cond, guidance) if network_cond is None else network_cond
     if guidance == 0:
-        return model(x, tt, cond).float()
-    out = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)])).float()
+        return model(x, tt, both).float()
+    out = model(torch.cat([x, x]), torch.cat([tt, tt]), both).float()
     out_c, out_u = out[:n], out[n:]
     eps_c, v_c = out_c.chunk(2, dim=1)
     eps_u = out_u[:, : eps_c.shape[1]]
@@ -161,14 +172,19 @@ def sample(model, cond: torch.Tensor, diffusion: dict, *, steps: int = 250, guid
     total = len(timesteps) * n_tiles
     amp = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else nullcontext())
-    with torch.inference_mode():
+    with torch.inference_mode(), ExitStack() as stack:
+        # one canvas tile: the network sees the same condition at every step, so it is built
+        # once and the SPADE layers compute their modulation once (same images)
+        network_cond = network_condition(cond, guidance) if n_tiles == 1 else None
+        if network_cond is not None and isinstance(model, NasdmUNet):  # not a compiled one
+            stack.enter_context(model.reuse_condition())
         for i, t in enumerate(timesteps):
             check_cancel(cancel)
             t_dev = t.to(device)
 
             def denoise(x_part, cond_part, t_dev=t_dev):
                 with amp:
-                    return guided_output(model, x_part, t_dev, cond_part, guidance)
+                    return guided_output(model, x_part, t_dev, cond_part, guidance, network_cond=network_cond)
 
             def tiles_done(done, i=i):
                 if progress is not None and n_tiles > 1:
