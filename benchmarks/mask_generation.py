@@ -121,7 +121,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--sampler", default="dpmpp", help="dpmpp (default), ddim or ddpm (the long ancestral chain)")
+    parser.add_argument("--sampler", default=None,
+                        help="dpmpp, dpmpp_sde, ddim or ddpm (the long ancestral chain); default: the model's")
     parser.add_argument("--max-patches", type=int, default=None)
     parser.add_argument("--kid", action="store_true", help="also the KID of images from generated vs real masks")
     parser.add_argument("--image-model", default="default")

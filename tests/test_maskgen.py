@@ -249,3 +249,4 @@ def test_embedded_default_generates_the_requested_types():
     assert mask.n_nuclei >= 5
     classes = np.array(list(mask.classes.values()))
     assert np.mean(classes == 3) >= 0.8  # epithelial, the type asked for
+    assert result.provenance["parameters"]["sampler"] == "dpmpp_sde"  # the recommendation of its card

@@ -80,9 +80,11 @@ class MaskGenRequest(EngineRequest):
         Masks to draw; mask ``k`` uses seed ``seed + k``.
     steps : int or None
         Sampling steps; None = the model's recommendation.
-    sampler : {"dpmpp", "ddim", "ddpm"}
-        DPM-Solver++ (the default, few steps), DDIM, or the ancestral DDPM chain (the long
-        reference ``benchmarks/mask_generation.py --sampler ddpm --steps 250`` compares with).
+    sampler : {"dpmpp", "dpmpp_sde", "ddim", "ddpm"} or None
+        DPM-Solver++ as an ODE or an SDE (few steps), DDIM, or the ancestral DDPM chain (the
+        long reference ``benchmarks/mask_generation.py --sampler ddpm`` compares with); None =
+        the model's recommendation (the embedded default: ``dpmpp_sde``, which follows the
+        long chain closely where the ODE merges more nuclei; docs/performance.md).
     guidance : float or None
         Classifier-free guidance ``s`` in ``out(y) + s (out(y) - out(null))``; None = the
         model's recommendation.
@@ -100,7 +102,7 @@ class MaskGenRequest(EngineRequest):
     guidance: float | None = None
     mpp: float | None = None
     batch_size: int = 8
-    sampler: str = "dpmpp"
+    sampler: str | None = None
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -118,7 +120,7 @@ class MaskGenRequest(EngineRequest):
             out.append("Batch size must be at least 1.")
         from ..maskgen.diffusion import SAMPLERS
 
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             out.append(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
         return out
 
@@ -161,12 +163,15 @@ class MaskGenEngine:
         return self.config.class_scheme()
 
     def recommended(self) -> dict:
-        """Steps and guidance the model was validated with (its training record)."""
+        """Steps, guidance and sampler the model was validated with (its training record;
+        ``recommended_sampler`` where a measurement after training chose another sampler
+        than the one its training previews used)."""
         from ..maskgen.diffusion import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
         tr = self.config.training or {}
         return {"steps": int(tr.get("default_steps", DEFAULT_STEPS)),
-                "guidance": float(tr.get("default_guidance", DEFAULT_GUIDANCE))}
+                "guidance": float(tr.get("default_guidance", DEFAULT_GUIDANCE)),
+                "sampler": str(tr.get("recommended_sampler", tr.get("sampler", "dpmpp")))}
 
     def describe(self) -> dict:
         cfg = self.config
@@ -226,6 +231,7 @@ class MaskGenEngine:
         rec = self.recommended()
         steps = int(request.steps or rec["steps"])
         guidance = float(rec["guidance"] if request.guidance is None else request.guidance)
+        sampler = str(request.sampler or rec["sampler"])
         out_mpp = float(request.mpp or self.config.mpp)
         vector = self.type_vector(class_ids)
         n, bs = int(request.n_samples), int(request.batch_size)
@@ -236,18 +242,19 @@ class MaskGenEngine:
             gens = [torch.Generator().manual_seed(int(request.seed) + k) for k in batch]
             y = torch.from_numpy(np.tile(vector, (len(batch), 1)))
             out = sample_masks(self.loaded.model, y, self.config.diffusion, size=int(self.config.image_size),
-                               steps=steps, guidance=guidance, sampler=request.sampler, generators=gens,
+                               steps=steps, guidance=guidance, sampler=sampler, generators=gens,
                                progress=sub_progress(progress, b * steps, len(batches) * steps), cancel=cancel,
                                autocast_dtype=self.autocast_dtype)
             for arr in out.cpu().numpy():
                 masks.append(decode_mask(arr, self.config.class_ids, self.scheme, mpp=float(self.config.mpp),
                                          out_mpp=out_mpp))
-        return self._results(request, masks, class_ids, vector, steps, guidance, out_mpp)
+        return self._results(request, masks, class_ids, vector, (steps, guidance, sampler), out_mpp)
 
-    def _results(self, request, masks, class_ids, vector, steps, guidance, out_mpp) -> list[SynthesisResult]:
+    def _results(self, request, masks, class_ids, vector, settings, out_mpp) -> list[SynthesisResult]:
         from ..devices import describe_device
         from ..render import render_overlay
 
+        steps, guidance, sampler = settings
         names = [self.scheme.name_of(c) for c in class_ids]
         results = []
         for k, mask in enumerate(masks):
@@ -256,7 +263,7 @@ class MaskGenEngine:
                 model_file=self.loaded.weights_path.name, model_sha256=self.loaded.sha256,
                 model_sha256_checked=self.loaded.sha256_checked, scheme=self.config.scheme["name"],
                 types=names, type_ids=list(class_ids), type_vector=[float(v) for v in vector],
-                type_vector_classes=list(self.config.class_ids), steps=steps, guidance=guidance, sampler=request.sampler,
+                type_vector_classes=list(self.config.class_ids), steps=steps, guidance=guidance, sampler=sampler,
                 seed=int(request.seed) + k, request_seed=int(request.seed), sample_index=k,
                 mask_sha256=array_sha256(mask.instances), mask_shape=list(mask.shape), mpp=out_mpp,
                 model_mpp=self.config.mpp, n_nuclei=mask.n_nuclei, device=describe_device(self.device),

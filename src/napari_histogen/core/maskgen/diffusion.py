@@ -24,7 +24,7 @@ from ..progress import ProgressCallback, check_cancel
 __all__ = ["default_diffusion", "MaskDiffusion", "make_scheduler", "sample_masks", "guided_output", "SAMPLERS",
            "DEFAULT_STEPS", "DEFAULT_GUIDANCE"]
 
-SAMPLERS = ("dpmpp", "ddim", "ddpm")
+SAMPLERS = ("dpmpp", "dpmpp_sde", "ddim", "ddpm")
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 1.0
 
@@ -52,9 +52,9 @@ def make_scheduler(sampler: str, diffusion: dict, steps: int):
     if not 1 <= int(steps) <= n:
         raise HistogenInputError(f"Steps must be between 1 and {n}, not {steps}.")
     scheduler: Any
-    if sampler == "dpmpp":
-        scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-                                                final_sigmas_type="zero", **_common(diffusion))
+    if sampler in ("dpmpp", "dpmpp_sde"):
+        scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++" if sampler == "dpmpp" else "sde-dpmsolver++",
+                                                solver_order=2, final_sigmas_type="zero", **_common(diffusion))
     elif sampler == "ddim":
         scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **_common(diffusion))
     elif sampler == "ddpm":
@@ -144,7 +144,7 @@ def sample_masks(model, y: torch.Tensor, diffusion: dict, *, size: int, steps: i
             with (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                   else nullcontext()):
                 out = guided_output(model, x, t.to(device), y, float(guidance))
-            if sampler == "ddpm":  # the step's noise from each sample's own generator
+            if sampler in ("ddpm", "dpmpp_sde"):  # the step's noise from each sample's own generator
                 x = scheduler.step(out, t, x, generator=list(generators)).prev_sample
             else:
                 x = scheduler.step(out, t, x).prev_sample
