@@ -12,7 +12,12 @@ masks (``NasdmEngine.run_many``). A run is ``NAME=SAMPLER:STEPS[:PRECISION]``, e
   AJI, recovered at IoU > 0.5), with the real patches' numbers as the target;
 - pixel distance: mean absolute difference in grey levels to the ``--reference`` run's image of
   the same mask and seed (meaningful between runs of one deterministic sampler, e.g. fp32 vs bf16);
-- seconds per patch (wall clock, batched, ``--batch-size`` images per network call).
+- seconds per patch (wall clock, batched, ``--batch-size`` images per network call);
+- the trivial baseline ``painted``: each mask painted in the training patches' mean nucleus
+  colour per class on their mean background colour, scored like the runs.
+
+``OUT/side_by_side.png`` shows the first four masks' images, one row per set (real, each run,
+painted).
 
 A run's images are kept under ``OUT/NAME/`` with ``run.json``; a later call with the same run
 name and settings reuses them, so long chains can be drawn in a separate job::
@@ -36,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # nasdm_quality, beside this file
 
-from nasdm_quality import DATA_MPP, EVAL_MPP, summarise, to_eval_scale  # noqa: E402
+from nasdm_quality import (DATA_MPP, EVAL_MPP, mean_colours, paint_baseline, summarise,  # noqa: E402
+                           to_eval_scale)
 
 from napari_histogen.core.engines.nasdm import NasdmEngine, NasdmRequest  # noqa: E402
 from napari_histogen.core.masks import NucleiMask, resample_nuclei  # noqa: E402
@@ -132,13 +138,15 @@ def main(argv=None):
     pick = rng.choice(len(ps.train), size=min(n, len(ps.train)), replace=False)
     train_real = [to_eval_scale(np.asarray(ps.crop(ps.train[int(i)])[0]), DATA_MPP) for i in pick]
     names = [s["name"] for s in args.run]
-    all_sets = {"real": real, "train_real": train_real, **sets}
+    background, class_colours = mean_colours([ps.crop(ps.train[int(i)]) for i in pick])
+    painted = [paint_baseline(m.instances, m.classes, background, class_colours) for m in masks20]
+    all_sets = {"real": real, "train_real": train_real, **sets, "painted": painted}
     net = load_inception(args.inception)
     feats = {name: inception_features(net, images) for name, images in all_sets.items()}
     subset = max(2, n // 2)
     ref = args.reference
     rows = {}
-    for name in ["train_real"] + names:
+    for name in ["train_real"] + names + ["painted"]:
         k, k_sd = kid(feats[name], feats["real"], subset_size=subset, n_subsets=100, seed=args.seed)
         row = {"kid_real": k, "kid_real_sd": k_sd}
         if ref and name != ref and name in sets:
@@ -148,12 +156,12 @@ def main(argv=None):
         rows[name] = row
     consistency = {name: summarise([consistency_scores(m.instances, segment_nuclei_hed(img, mpp=EVAL_MPP))
                                     for img, m in zip(all_sets[name], masks20)])
-                   for name in ["real"] + names}
+                   for name in ["real"] + names + ["painted"]}
 
     print(f"\n{n} validation patches, scored at 20x (128 px); KID x1000 over 100 subsets of {subset}")
     print(f"{'run':16s} {'s/patch':>8s} {'KID vs real':>15s} {'KID vs ' + str(ref):>18s} {'|diff|':>7s} "
           f"{'Dice':>6s} {'AJI':>6s} {'recov':>6s}")
-    for name in ["train_real", "real"] + names:
+    for name in ["train_real", "real"] + names + ["painted"]:
         r = rows.get(name, {})
         c = consistency.get(name)
         sec = f"{infos[name]['seconds_per_patch']:8.2f}" if name in infos else f"{'':8s}"
@@ -163,6 +171,13 @@ def main(argv=None):
         gl = f"{r['grey_level_difference']:7.2f}" if "grey_level_difference" in r else f"{'':7s}"
         cons = " ".join(f"{c[k][0]:6.3f}" for k in ("dice", "aji", "recovered")) if c else ""
         print(f"{name:16s} {sec} {kr} {kref:>18s} {gl} {cons}")
+    from skimage.io import imsave
+
+    shown = ["real"] + names + ["painted"]
+    imsave(out / "side_by_side.png", np.concatenate(
+        [np.concatenate([np.asarray(all_sets[name][k])[..., :3] for k in range(min(4, n))], axis=1) for name in shown]),
+        check_contrast=False)
+    print(f"side by side (rows: {', '.join(shown)}): {out / 'side_by_side.png'}")
     report = {"n": n, "kid_subset": subset, "eval_mpp": EVAL_MPP, "reference": ref, "runs": infos,
               "realism": rows, "consistency": consistency}
     (out / "sampler_quality.json").write_text(json.dumps(report, indent=2))
