@@ -218,6 +218,52 @@ class BackgroundRunMixin:
         else:
             self._on_finished(value, context)
 
+    def _run_in_worker(self, load, request, token, *, context, status: str, before_load=None):
+        """Load an engine with ``load()`` and run ``request`` on it in a worker thread.
+
+        The collector is paused while the model loads (its imports grow the heap) and what is
+        alive is frozen after the load and after the run (see :func:`freeze_long_lived_objects`).
+        Outcomes come back as values, never as worker errors (napari 0.9's errored hook raises).
+        ``before_load()`` (or None) runs first, in the worker.
+        """
+        from napari.qt.threading import create_worker
+
+        relay = self._relay
+
+        def work():
+            try:
+                if before_load is not None:
+                    before_load()
+                collecting = gc.isenabled()
+                if collecting:  # no passes over the heap while the first load's imports grow it
+                    gc.disable()
+                try:
+                    preload_torch_libraries()
+                    loaded = load()
+                finally:
+                    if collecting:
+                        gc.enable()
+                freeze_long_lived_objects()
+                with gui_friendly_threads():
+                    results = loaded.run(request, progress=relay.progress.emit, cancel=token)
+                freeze_long_lived_objects()
+                return "done", results
+            except Cancelled:
+                return "cancelled", None
+            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
+                return "failed", err
+
+        # errored is connected here, so napari does not re-raise the worker's error in the event loop
+        self._worker = worker = create_worker(work, _start_thread=False, _connect={
+            "returned": lambda outcome, _c=context: self._on_returned(outcome, _c),
+            "errored": self._on_error,
+            "finished": self._on_worker_done,
+        })
+        self._set_running(True)
+        self.status.setText(status)
+        worker.start()
+        return worker
+
 
 class SectionRunMixin(BackgroundRunMixin):
     """A section of a dock (a ``QGroupBox``) with its own engine run: Run/Cancel, progress and status.
@@ -250,32 +296,14 @@ class SectionRunMixin(BackgroundRunMixin):
 
     def _start_section_run(self, engine: str, request, *, context, status: str):
         """Check ``request`` and run it with the ``engine`` model named in ``self.model_edit``, in a worker."""
-        from napari.qt.threading import create_worker
-
         if self.running:
             raise HistogenInputError(f"{self.RUN_TITLE} is already running; wait for it or press Cancel.")
         request.check()
         model = self.model_edit.text().strip() or "default"
         self._cancel = token = CancelToken()
-        relay, cache = self._relay, self.engines
-
-        def work():
-            try:
-                loaded = cache.get(engine, model, device="auto")
-                with gui_friendly_threads():
-                    return "done", loaded.run(request, progress=relay.progress.emit, cancel=token)
-            except Cancelled:
-                return "cancelled", None
-            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
-                return "failed", err
-
-        self._worker = worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda outcome, _c=context: self._on_returned(outcome, _c),
-            "errored": self._on_error, "finished": self._on_worker_done})
-        self._set_running(True)
-        self.status.setText(status)
-        worker.start()
-        return worker
+        cache = self.engines
+        return self._run_in_worker(lambda: cache.get(engine, model, device="auto"), request, token,
+                                   context=context, status=status)
 
     def _on_finished(self, results, context) -> None:
         if results is None:
@@ -503,8 +531,6 @@ class EngineDock(BackgroundRunMixin, QWidget):
 
         ``engine``: a registry name other than the dock's :attr:`ENGINE` (a dock offering two methods).
         """
-        from napari.qt.threading import create_worker
-
         if self.running:
             raise HistogenInputError(f"{self.RUN_TITLE} is already running; wait for it or press Cancel.")
         request.check()
@@ -512,41 +538,10 @@ class EngineDock(BackgroundRunMixin, QWidget):
         self._cancel = token = CancelToken()
         relay, cache, name = self._relay, self.engines, engine or self.ENGINE
         announce = bool(self.LOADING_TEXT) and name == self.ENGINE and not cache.has(name, model, device=device)
-
-        def work():
-            # outcomes come back as values, never as worker errors (napari 0.9's errored hook raises)
-            try:
-                if announce:
-                    relay.progress.emit(0, 0)  # busy bar while the model loads (first run only)
-                collecting = gc.isenabled()
-                if collecting:  # no passes over the heap while the first load's imports grow it
-                    gc.disable()
-                try:
-                    preload_torch_libraries()
-                    loaded = cache.get(name, model, device=device)
-                finally:
-                    if collecting:
-                        gc.enable()
-                freeze_long_lived_objects()
-                with gui_friendly_threads():
-                    results = loaded.run(request, progress=relay.progress.emit, cancel=token)
-                freeze_long_lived_objects()
-                return "done", results
-            except Cancelled:
-                return "cancelled", None
-            except BaseException as err:  # noqa: BLE001 - reported in the GUI thread
-                return "failed", err
-
-        # errored is connected here, so napari does not re-raise the worker's error in the event loop
-        self._worker = worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda outcome, _c=context: self._on_returned(outcome, _c),
-            "errored": self._on_error,
-            "finished": self._on_worker_done,
-        })
-        self._set_running(True)
-        self.status.setText(status)
-        worker.start()
-        return worker
+        # a busy bar while the model loads (first run only)
+        busy = (lambda: relay.progress.emit(0, 0)) if announce else None
+        return self._run_in_worker(lambda: cache.get(name, model, device=device), request, token,
+                                   context=context, status=status, before_load=busy)
 
     def _set_running(self, running: bool) -> None:
         super()._set_running(running)
